@@ -1,0 +1,99 @@
+"""Decoder likelihoods :math:`p(x|z)`: log-densities summed over features, and their means.
+
+The decoder network outputs one tensor per row: the location of a Normal or Laplace
+distribution, or the logits of a Bernoulli or categorical one. Scales of the Normal and Laplace
+likelihoods are either fixed or learned per feature (:class:`DecoderLikelihood`).
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+DECODER_DISTS = ("normal", "laplace", "bernoulli")
+# A learned scale may not fall below this: features that are constant in the training data
+# would otherwise drive it to zero and the likelihood to infinity.
+MIN_LEARNED_SCALE = 1e-3
+
+
+def normal_log_prob(x: Tensor, loc: Tensor, scale: Tensor | float) -> Tensor:
+    """:math:`\\sum_j \\log N(x_j; \\mu_j, \\sigma_j^2)
+    = -\\sum_j [\\frac12\\log 2\\pi + \\log\\sigma_j + (x_j-\\mu_j)^2 / 2\\sigma_j^2]`."""
+    scale = torch.as_tensor(scale, dtype=loc.dtype, device=loc.device)
+    return -(0.5 * math.log(2 * math.pi) + torch.log(scale) + 0.5 * ((x - loc) / scale) ** 2).sum(-1)
+
+
+def laplace_log_prob(x: Tensor, loc: Tensor, scale: Tensor | float) -> Tensor:
+    """:math:`\\sum_j \\log \\mathrm{Laplace}(x_j; \\mu_j, b_j)
+    = -\\sum_j [\\log 2b_j + |x_j-\\mu_j| / b_j]`."""
+    scale = torch.as_tensor(scale, dtype=loc.dtype, device=loc.device)
+    return -(torch.log(2 * scale) + (x - loc).abs() / scale).sum(-1)
+
+
+def bernoulli_log_prob(x: Tensor, logits: Tensor) -> Tensor:
+    """:math:`\\sum_j [x_j \\log \\sigma(l_j) + (1-x_j) \\log(1-\\sigma(l_j))]` for targets in [0, 1].
+
+    Computed from logits (never from probabilities) for numerical stability.
+    """
+    return -F.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(-1)
+
+
+def categorical_log_prob(x: Tensor, logits: Tensor) -> Tensor:
+    """:math:`\\sum_c x_c \\log \\mathrm{softmax}(l)_c` for one-hot (or probability) targets."""
+    return (x * torch.log_softmax(logits, dim=-1)).sum(-1)
+
+
+class DecoderLikelihood(nn.Module):
+    """The likelihood :math:`p(x|z)` that turns a decoder output into a log-density.
+
+    Parameters
+    ----------
+    dist : {'normal', 'laplace', 'bernoulli', 'categorical'}
+        The family. 'bernoulli' and 'categorical' read the decoder output as logits.
+    scale : float or 'learned'
+        Scale of 'normal' (standard deviation) and 'laplace' (diversity). 'learned' makes it a
+        per-feature parameter, initialised at 1 and floored at ``MIN_LEARNED_SCALE``; ignored
+        for the other families.
+    n_features : int
+        Number of features, the size of a learned scale.
+    """
+
+    def __init__(
+        self, dist: str, scale: float | str, n_features: int, init_scale: Tensor | float = 1.0
+    ):
+        super().__init__()
+        self.dist = dist
+        self.has_scale = dist in ("normal", "laplace")
+        self.learned = self.has_scale and scale == "learned"
+        if self.learned:
+            init = torch.as_tensor(init_scale, dtype=torch.float32).expand(n_features)
+            init = init.clamp_min(2 * MIN_LEARNED_SCALE) - MIN_LEARNED_SCALE
+            # inverse softplus, so that softplus(raw) + floor == init_scale
+            self.raw_scale = nn.Parameter(init + torch.log(-torch.expm1(-init)))
+        else:
+            self.fixed_scale = float(scale) if self.has_scale else None
+
+    def scale(self) -> Tensor | float | None:
+        """The current scale (a tensor when learned)."""
+        if self.learned:
+            return F.softplus(self.raw_scale) + MIN_LEARNED_SCALE
+        return self.fixed_scale
+
+    def log_prob(self, x: Tensor, out: Tensor) -> Tensor:
+        """Log-density of ``x`` given the decoder output, summed over features."""
+        if self.dist == "normal":
+            return normal_log_prob(x, out, self.scale())
+        if self.dist == "laplace":
+            return laplace_log_prob(x, out, self.scale())
+        if self.dist == "bernoulli":
+            return bernoulli_log_prob(x, out)
+        return categorical_log_prob(x, out)
+
+    def mean(self, out: Tensor) -> Tensor:
+        """The mean of :math:`p(x|z)` given the decoder output."""
+        if self.dist == "bernoulli":
+            return torch.sigmoid(out)
+        if self.dist == "categorical":
+            return torch.softmax(out, dim=-1)
+        return out
