@@ -12,6 +12,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 DECODER_DISTS = ("normal", "laplace", "bernoulli")
+# A learned scale starts at this fraction of the features' root-mean-square standard deviation.
+# Measured on digits in [0, 1], whose RMS standard deviation is 0.27 (VAE, 100 epochs): a start
+# at 1 collapses the posterior to 4 active latent dimensions (0.83 accuracy of a classifier on
+# the latents); a start at 0.1 keeps all 10 (0.91, the best ELBO); a start at 0.027 keeps them
+# but ends with an ELBO 100 nats worse.
+LEARNED_SCALE_START = 0.4
 # A learned scale may not fall below this: features that are constant in the training data
 # would otherwise drive it to zero and the likelihood to infinity.
 MIN_LEARNED_SCALE = 1e-3
@@ -44,6 +50,12 @@ def categorical_log_prob(x: Tensor, logits: Tensor) -> Tensor:
     return (x * torch.log_softmax(logits, dim=-1)).sum(-1)
 
 
+def learned_scale_start(X: Tensor) -> float:
+    """Starting value of a learned scale: ``LEARNED_SCALE_START`` times the root-mean-square
+    of the features' standard deviations, so the start does not depend on the data's units."""
+    return LEARNED_SCALE_START * float(X.double().var(0).mean().sqrt())
+
+
 class DecoderLikelihood(nn.Module):
     """The likelihood :math:`p(x|z)` that turns a decoder output into a log-density.
 
@@ -57,6 +69,8 @@ class DecoderLikelihood(nn.Module):
         for the other families.
     n_features : int
         Number of features, the size of a learned scale.
+    init_scale : Tensor or float, default=1.0
+        Starting value of a learned scale (see :func:`learned_scale_start`).
     """
 
     def __init__(

@@ -24,6 +24,8 @@ def quiet_lightning(verbose: bool):
         # torch >= 2.13 deprecates a class Lightning 2.6 still builds per batch: nothing a user
         # can act on
         warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+        # every module defines validation_step; only early stopping gives it data
+        warnings.filterwarnings("ignore", message=".*`validation_step` but have no `val_dataloader`.*")
         if verbose:
             yield
             return

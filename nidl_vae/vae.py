@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from .base import BaseVAEEstimator, draw_seed, private_copy
 from .data import as_tensor
-from .distributions import DecoderLikelihood
+from .distributions import DecoderLikelihood, learned_scale_start
 from .module import BaseVAEModule
 from .networks import GaussianEncoder, mlp, output_width
 from .objectives import (
@@ -153,8 +153,10 @@ class VAE(BaseVAEEstimator):
         X in [0, 1].
     decoder_scale : float or 'learned', default='learned'
         Scale of 'normal' and 'laplace'. 'learned' (default) learns one scale per feature,
-        floored at 1e-3; a fixed scale too large for the data (1.0 on data in [0, 1])
-        collapses the posterior.
+        starting at 0.4 times the features' root-mean-square standard deviation and
+        floored at 1e-3. A fixed scale too large for the data (1.0 on data in [0, 1], MultiVae's
+        default) collapses the posterior: the KL falls to almost 0 and the latents carry
+        nothing.
     stochastic_transform : bool, default=False
         If True, ``transform`` returns one draw from :math:`q(z|x)` (seeded, the same at every
         call) instead of its mean.
@@ -318,7 +320,9 @@ class VAE(BaseVAEEstimator):
         return VAEModule(
             encoder=GaussianEncoder(backbone, out_dim, self.latent_dim),
             decoder=decoder,
-            likelihood=DecoderLikelihood(self.decoder_dist, self.decoder_scale, n_features),
+            likelihood=DecoderLikelihood(
+                self.decoder_dist, self.decoder_scale, n_features, learned_scale_start(X)
+            ),
             beta=self.beta,
             lr=self.lr,
             weight_decay=self.weight_decay,
