@@ -30,7 +30,10 @@ class PlainVAE(nn.Module):
         )
         self.mu, self.logvar = nn.Linear(128, LATENT), nn.Linear(128, LATENT)
         self.decoder = nn.Sequential(
-            nn.Linear(LATENT, 128), nn.ReLU(), nn.Linear(128, 256), nn.ReLU(),
+            nn.Linear(LATENT, 128),
+            nn.ReLU(),
+            nn.Linear(128, 256),
+            nn.ReLU(),
             nn.Linear(256, n_features),
         )
         self.raw_scale = nn.Parameter(torch.zeros(n_features))
@@ -40,8 +43,9 @@ class PlainVAE(nn.Module):
         mu, logvar = self.mu(h), self.logvar(h)
         z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
         scale = nn.functional.softplus(self.raw_scale) + 1e-3
-        nll = (0.5 * math.log(2 * math.pi) + scale.log()
-               + 0.5 * ((x - self.decoder(z)) / scale) ** 2).sum(1)
+        nll = (
+            0.5 * math.log(2 * math.pi) + scale.log() + 0.5 * ((x - self.decoder(z)) / scale) ** 2
+        ).sum(1)
         kl = 0.5 * (logvar.exp() + mu**2 - 1 - logvar).sum(1)
         return (nll + kl).mean()
 
@@ -78,8 +82,10 @@ def main():
     torch.set_num_threads(1)
     X = (load_digits().data / 16).astype(np.float32)
     accelerator = "gpu" if args.device == "cuda" else "cpu"
-    make = lambda: VAE(hidden_layer_sizes=HIDDEN, latent_dim=LATENT, batch_size=BATCH,  # noqa: E731
-                       max_epochs=EPOCHS, accelerator=accelerator, random_state=0)
+    def make():
+        return VAE(hidden_layer_sizes=HIDDEN, latent_dim=LATENT, batch_size=BATCH,
+                   max_epochs=EPOCHS, accelerator=accelerator, random_state=0)
+    )
     timed(lambda: plain_fit(X, args.device)), timed(lambda: make().fit(X))  # warm-up
     fit_ratios, plain_times, vae_times = [], [], []
     for _ in range(args.repeats):
@@ -88,7 +94,9 @@ def main():
         plain_times.append(t_plain)
         vae_times.append(t_vae)
         fit_ratios.append(t_vae / t_plain)
-    print(f"fit, {EPOCHS} epochs on digits ({args.device}, 1 thread, {args.repeats} interleaved runs)")
+    print(
+        f"fit, {EPOCHS} epochs on digits ({args.device}, 1 thread, {args.repeats} interleaved runs)"
+    )
     print(f"  plain loop  median {statistics.median(plain_times):.3f} s")
     print(f"  VAE.fit     median {statistics.median(vae_times):.3f} s")
     print(f"  ratio       median {statistics.median(fit_ratios):.3f}x")
@@ -106,8 +114,10 @@ def main():
         t_plain = statistics.median(timed(plain_transform)[0] for _ in range(5))
         t_vae = statistics.median(timed(lambda: vae.transform(X))[0] for _ in range(5))
         t_ratios.append(t_vae / t_plain)
-    print(f"transform of {len(X)} rows: plain encoder {t_plain * 1e3:.2f} ms, "
-          f"VAE.transform {t_vae * 1e3:.2f} ms, ratio median {statistics.median(t_ratios):.2f}x")
+    print(
+        f"transform of {len(X)} rows: plain encoder {t_plain * 1e3:.2f} ms, "
+        f"VAE.transform {t_vae * 1e3:.2f} ms, ratio median {statistics.median(t_ratios):.2f}x"
+    )
 
 
 if __name__ == "__main__":

@@ -21,15 +21,21 @@ X, y = load_digits(return_X_y=True)
 X_train, X_test, y_train, y_test = train_test_split(X / 16, y, test_size=0.25, random_state=0)
 
 vae = VAE(latent_dim=10, random_state=0).fit(X_train)
-print(f"VAE trained for {vae.n_iter_} epochs; last training loss {vae.history_['loss'][-1]:.1f} nats "
-      f"(KL {vae.history_['kl'][-1]:.1f} nats: the latent space is in use)")
-print(f"held-out mean ELBO {vae.score(X_test):.1f} nats, "
-      f"importance-weighted log-likelihood {vae.log_likelihood(X_test).mean():.1f} nats")
+print(
+    f"VAE trained for {vae.n_iter_} epochs; last training loss {vae.history_['loss'][-1]:.1f} nats "
+    f"(KL {vae.history_['kl'][-1]:.1f} nats: the latent space is in use)"
+)
+print(
+    f"held-out mean ELBO {vae.score(X_test):.1f} nats, "
+    f"importance-weighted log-likelihood {vae.log_likelihood(X_test).mean():.1f} nats"
+)
 
 reconstruction = vae.inverse_transform(vae.transform(X_test))
-print(f"held-out reconstruction error (MSE, pixels in [0, 1]): "
-      f"{np.mean((reconstruction - X_test) ** 2):.4f} (predicting the mean digit: "
-      f"{np.mean((X_train.mean(0) - X_test) ** 2):.4f})")
+print(
+    f"held-out reconstruction error (MSE, pixels in [0, 1]): "
+    f"{np.mean((reconstruction - X_test) ** 2):.4f} (predicting the mean digit: "
+    f"{np.mean((X_train.mean(0) - X_test) ** 2):.4f})"
+)
 
 for name, reducer in [("VAE latents", VAE(latent_dim=10, random_state=0)), ("PCA", PCA(10))]:
     clf = make_pipeline(reducer, LogisticRegression(max_iter=1000)).fit(X_train, y_train)

@@ -17,7 +17,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, check_random_state, validate_data
 from torch import nn
 
-from .data import as_tensor, iter_batches, make_loader
+from .data import iter_batches, make_loader
 from .module import BaseVAEModule
 from .training import RESERVED_TRAINER_ARGS, build_trainer, quiet_lightning
 
@@ -40,7 +40,7 @@ def draw_seed(random_state) -> int:
 def _concat(outputs: list):
     """Concatenate per-batch outputs (tensors, or tuples of tensors) on the CPU."""
     if isinstance(outputs[0], tuple):
-        return tuple(torch.cat(parts).cpu() for parts in zip(*outputs))
+        return tuple(torch.cat(parts).cpu() for parts in zip(*outputs, strict=True))
     return torch.cat(outputs).cpu()
 
 
@@ -128,8 +128,9 @@ class BaseVAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
                 val = make_loader([t[val_idx] for t in tensors], self._inference_batch_size, False)
             else:
                 train, val = make_loader(tensors, self.batch_size, True, seed), None
-            with tempfile.TemporaryDirectory(prefix="nidl_vae_") as root, quiet_lightning(
-                self.verbose
+            with (
+                tempfile.TemporaryDirectory(prefix="nidl_vae_") as root,
+                quiet_lightning(self.verbose),
             ):
                 trainer = build_trainer(
                     max_epochs=self.max_epochs,
@@ -227,8 +228,9 @@ class BaseVAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         module.predict_step = lambda batch, batch_idx: fn(batch, *args)
         loader = make_loader(tensors, self._inference_batch_size, shuffle=False)
         try:
-            with tempfile.TemporaryDirectory(prefix="nidl_vae_") as root, quiet_lightning(
-                self.verbose
+            with (
+                tempfile.TemporaryDirectory(prefix="nidl_vae_") as root,
+                quiet_lightning(self.verbose),
             ):
                 trainer = build_trainer(
                     max_epochs=1,
@@ -236,7 +238,10 @@ class BaseVAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
                     devices=self.devices,
                     precision=self.precision,
                     verbose=False,
-                    trainer_params={**(self.trainer_params or {}), "use_distributed_sampler": False},
+                    trainer_params={
+                        **(self.trainer_params or {}),
+                        "use_distributed_sampler": False,
+                    },
                     root_dir=root,
                 )
                 return trainer.predict(module, loader)

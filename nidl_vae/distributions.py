@@ -27,7 +27,9 @@ def normal_log_prob(x: Tensor, loc: Tensor, scale: Tensor | float) -> Tensor:
     """:math:`\\sum_j \\log N(x_j; \\mu_j, \\sigma_j^2)
     = -\\sum_j [\\frac12\\log 2\\pi + \\log\\sigma_j + (x_j-\\mu_j)^2 / 2\\sigma_j^2]`."""
     scale = torch.as_tensor(scale, dtype=loc.dtype, device=loc.device)
-    return -(0.5 * math.log(2 * math.pi) + torch.log(scale) + 0.5 * ((x - loc) / scale) ** 2).sum(-1)
+    return -(0.5 * math.log(2 * math.pi) + torch.log(scale) + 0.5 * ((x - loc) / scale) ** 2).sum(
+        -1
+    )
 
 
 def laplace_log_prob(x: Tensor, loc: Tensor, scale: Tensor | float) -> Tensor:
@@ -38,7 +40,7 @@ def laplace_log_prob(x: Tensor, loc: Tensor, scale: Tensor | float) -> Tensor:
 
 
 def bernoulli_log_prob(x: Tensor, logits: Tensor) -> Tensor:
-    """:math:`\\sum_j [x_j \\log \\sigma(l_j) + (1-x_j) \\log(1-\\sigma(l_j))]` for targets in [0, 1].
+    """:math:`\\sum_j [x_j \\log \\sigma(l_j) + (1-x_j) \\log(1-\\sigma(l_j))]`, targets in [0, 1].
 
     Computed from logits (never from probabilities) for numerical stability.
     """

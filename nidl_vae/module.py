@@ -29,7 +29,9 @@ class BaseVAEModule(pl.LightningModule):
         Rows of the history buffers.
     """
 
-    def __init__(self, loss_names: tuple[str, ...], lr: float, weight_decay: float, max_epochs: int):
+    def __init__(
+        self, loss_names: tuple[str, ...], lr: float, weight_decay: float, max_epochs: int
+    ):
         super().__init__()
         self.loss_names = tuple(loss_names)
         self.lr = lr
@@ -38,9 +40,10 @@ class BaseVAEModule(pl.LightningModule):
         self.register_buffer("history_train", torch.full((max_epochs, n_terms), math.nan))
         self.register_buffer("history_val", torch.full((max_epochs, n_terms), math.nan))
         self.register_buffer("epochs_done", torch.zeros((), dtype=torch.long))
-        # running sums of the terms and the sample count, for the epoch in progress
-        self.register_buffer("_train_sums", torch.zeros(n_terms + 1), persistent=False)
-        self.register_buffer("_val_sums", torch.zeros(n_terms + 1), persistent=False)
+        # running sums of the terms over the epoch in progress, and its row counts
+        self.register_buffer("_train_sums", torch.zeros(n_terms), persistent=False)
+        self.register_buffer("_val_sums", torch.zeros(n_terms), persistent=False)
+        self._counts = {"train": 0, "val": 0}
 
     # -- to be written by each model ------------------------------------------------------
     def loss_terms(self, batch: tuple[Tensor, ...]) -> Tensor:
@@ -57,27 +60,31 @@ class BaseVAEModule(pl.LightningModule):
 
     def training_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> Tensor:
         terms = self.loss_terms(batch)
-        self._accumulate(self._train_sums, terms, len(batch[0]))
+        self._accumulate("train", self._train_sums, terms, len(batch[0]))
         return terms[0]
 
     def validation_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> None:
-        self._accumulate(self._val_sums, self.loss_terms(batch), len(batch[0]))
+        self._accumulate("val", self._val_sums, self.loss_terms(batch), len(batch[0]))
 
     def on_train_epoch_start(self) -> None:
         self._train_sums.zero_()
+        self._counts["train"] = 0
 
     def on_validation_epoch_start(self) -> None:
         self._val_sums.zero_()
+        self._counts["val"] = 0
 
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:
             return
-        means = self._epoch_means(self._val_sums)
+        means = self._epoch_means(self._val_sums, "val")
         self.history_val[self.current_epoch] = means
-        self.log_dict({f"val_{k}": v for k, v in zip(self.loss_names, means)}, prog_bar=True)
+        self.log_dict(
+            {f"val_{k}": v for k, v in zip(self.loss_names, means, strict=True)}, prog_bar=True
+        )
 
     def on_train_epoch_end(self) -> None:
-        means = self._epoch_means(self._train_sums)
+        means = self._epoch_means(self._train_sums, "train")
         self.history_train[self.current_epoch] = means
         self.epochs_done.fill_(self.current_epoch + 1)
         if not torch.isfinite(means[0]):
@@ -86,17 +93,18 @@ class BaseVAEModule(pl.LightningModule):
                 "Try a smaller lr, scaling the input (e.g. StandardScaler), a fixed decoder_scale, "
                 "or precision='32-true'."
             )
-        self.log_dict({k: v for k, v in zip(self.loss_names, means)}, prog_bar=True)
+        self.log_dict({k: v for k, v in zip(self.loss_names, means, strict=True)}, prog_bar=True)
 
     # -- helpers --------------------------------------------------------------------------------
-    @staticmethod
-    def _accumulate(sums: Tensor, terms: Tensor, n: int) -> None:
-        sums[:-1] += terms.detach().float() * n
-        sums[-1] += n
+    def _accumulate(self, stage: str, sums: Tensor, terms: Tensor, n: int) -> None:
+        # one in-place op and no host sync per step: this runs at every batch
+        sums.add_(terms.detach(), alpha=n)
+        self._counts[stage] += n
 
-    def _epoch_means(self, sums: Tensor) -> Tensor:
-        sums = self.trainer.strategy.reduce(sums.clone(), reduce_op="sum")
-        return sums[:-1] / sums[-1]
+    def _epoch_means(self, sums: Tensor, stage: str) -> Tensor:
+        count = torch.tensor([self._counts[stage]], dtype=sums.dtype, device=sums.device)
+        totals = self.trainer.strategy.reduce(torch.cat([sums, count]), reduce_op="sum")
+        return totals[:-1] / totals[-1]
 
     def history(self) -> dict[str, list[float]]:
         """Per-epoch means of the loss terms: ``name`` for training, ``val_name`` for validation."""

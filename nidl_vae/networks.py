@@ -6,7 +6,9 @@ import torch
 from torch import Tensor, nn
 
 
-def mlp(in_dim: int, hidden_layer_sizes: Sequence[int], out_dim: int | None = None) -> nn.Sequential:
+def mlp(
+    in_dim: int, hidden_layer_sizes: Sequence[int], out_dim: int | None = None
+) -> nn.Sequential:
     """Linear + ReLU layers of the given widths, then an optional linear output layer."""
     layers: list[nn.Module] = []
     for width in hidden_layer_sizes:

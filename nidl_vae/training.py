@@ -25,7 +25,9 @@ def quiet_lightning(verbose: bool):
         # can act on
         warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
         # every module defines validation_step; only early stopping gives it data
-        warnings.filterwarnings("ignore", message=".*`validation_step` but have no `val_dataloader`.*")
+        warnings.filterwarnings(
+            "ignore", message=".*`validation_step` but have no `val_dataloader`.*"
+        )
         if verbose:
             yield
             return
@@ -47,7 +49,7 @@ def _silenced():
             warnings.filterwarnings("ignore", message=".*does not have many workers.*")
             yield
     finally:
-        for lg, level in zip(loggers, levels):
+        for lg, level in zip(loggers, levels, strict=True):
             lg.setLevel(level)
 
 
@@ -76,7 +78,7 @@ class RestoreBestWeights(Callback):
 
     def on_fit_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         if self.best_state is not None:
-            module.load_state_dict(self.best_state, strict=False)
+            module.load_state_dict(self.best_state, strict=True)
 
 
 def build_trainer(

@@ -124,7 +124,9 @@ def test_vae_loss_equals_hand_computed_value():
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(4, 3)).astype(np.float32)
-    W_mu, W_lv, W_dec = (rng.normal(size=s).astype(np.float32) * 0.5 for s in [(2, 3), (2, 3), (3, 2)])
+    W_mu, W_lv, W_dec = (
+        rng.normal(size=s).astype(np.float32) * 0.5 for s in [(2, 3), (2, 3), (3, 2)]
+    )
     encoder = GaussianEncoder(nn.Identity(), 3, 2)
     decoder = nn.Linear(2, 3, bias=False)
     with torch.no_grad():

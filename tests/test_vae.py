@@ -136,15 +136,16 @@ def test_pipeline_and_grid_search_over_beta_and_latent_dim(digits):
 def test_custom_convolutional_encoder_and_decoder(digits):
     X = digits[0][:300]
     encoder = nn.Sequential(nn.Unflatten(1, (1, 8, 8)), nn.Conv2d(1, 4, 3), nn.ReLU())
-    decoder = nn.Sequential(nn.Linear(2, 4 * 6 * 6), nn.Unflatten(1, (4, 6, 6)),
-                            nn.ConvTranspose2d(4, 1, 3))
+    decoder = nn.Sequential(
+        nn.Linear(2, 4 * 6 * 6), nn.Unflatten(1, (4, 6, 6)), nn.ConvTranspose2d(4, 1, 3)
+    )
     before = [p.detach().clone() for p in encoder.parameters()]
     vae = VAE(encoder=encoder, decoder=decoder, latent_dim=2, **FAST).fit(X)
     assert vae.module_.encoder.mu.in_features == 4 * 6 * 6  # inferred encoder_out_dim
     assert vae.transform(X).shape == (300, 2)
     assert vae.history_["loss"][-1] < vae.history_["loss"][0]
     # the user's modules are copied, never trained in place
-    assert all(torch.equal(a, b) for a, b in zip(before, encoder.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(before, encoder.parameters(), strict=True))
 
 
 # ---------------------------------------------------------------- reproducibility
@@ -175,7 +176,7 @@ def test_clone_pickle_and_joblib_round_trips(small_X, tmp_path):
         joblib.load(joblib.dump(vae, tmp_path / "vae.joblib")[0]),
     ):
         got = restored.transform(small_X), restored.score_samples(small_X), restored.sample(3)
-        for e, g in zip(expected, got):
+        for e, g in zip(expected, got, strict=True):
             assert_array_equal(e, g)
     unfitted = clone(vae)
     assert unfitted.get_params() == vae.get_params() and not hasattr(unfitted, "module_")
@@ -285,9 +286,9 @@ def test_user_loggers_and_callbacks_are_used(small_X, tmp_path):
         def on_train_epoch_end(self, trainer, module):
             CountEpochs.epochs += 1
 
-    VAE(
-        trainer_params={"logger": CSVLogger(tmp_path), "callbacks": [CountEpochs()]}, **FAST
-    ).fit(small_X)
+    VAE(trainer_params={"logger": CSVLogger(tmp_path), "callbacks": [CountEpochs()]}, **FAST).fit(
+        small_X
+    )
     assert CountEpochs.epochs == 5
     metrics = next(tmp_path.rglob("metrics.csv")).read_text()
     assert "reconstruction" in metrics and "kl" in metrics
