@@ -82,10 +82,17 @@ def main():
     torch.set_num_threads(1)
     X = (load_digits().data / 16).astype(np.float32)
     accelerator = "gpu" if args.device == "cuda" else "cpu"
+
     def make():
-        return VAE(hidden_layer_sizes=HIDDEN, latent_dim=LATENT, batch_size=BATCH,
-                   max_epochs=EPOCHS, accelerator=accelerator, random_state=0)
-    )
+        return VAE(
+            hidden_layer_sizes=HIDDEN,
+            latent_dim=LATENT,
+            batch_size=BATCH,
+            max_epochs=EPOCHS,
+            accelerator=accelerator,
+            random_state=0,
+        )
+
     timed(lambda: plain_fit(X, args.device)), timed(lambda: make().fit(X))  # warm-up
     fit_ratios, plain_times, vae_times = [], [], []
     for _ in range(args.repeats):

@@ -78,7 +78,7 @@ class RestoreBestWeights(Callback):
 
     def on_fit_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         if self.best_state is not None:
-            module.load_state_dict(self.best_state, strict=True)
+            module.load_state_dict(self.best_state, strict=False)
 
 
 def build_trainer(
