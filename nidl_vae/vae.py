@@ -40,6 +40,11 @@ from .objectives import (
 _DECODE_CHUNK_ROWS = 65536
 
 
+def _check_positive_int(value, name: str) -> None:
+    if not isinstance(value, Integral) or value < 1:
+        raise ValueError(f"{name} must be a positive integer; got {value!r}.")
+
+
 class VAEModule(BaseVAEModule):
     """The VAE's math as a LightningModule.
 
@@ -381,8 +386,7 @@ class VAE(BaseVAEEstimator):
         X : ndarray of shape (n_samples, n_features_in_)
         """
         check_is_fitted(self)
-        if not isinstance(n_samples, Integral) or n_samples < 1:
-            raise ValueError(f"n_samples must be a positive integer; got {n_samples!r}.")
+        _check_positive_int(n_samples, "n_samples")
         seed = self._seed + 4 if random_state is None else draw_seed(random_state)
         z = torch.randn((n_samples, self.latent_dim), generator=torch.Generator().manual_seed(seed))
         X = self._infer("decode_step", [z], dtype=self._fit_dtype)
@@ -408,6 +412,7 @@ class VAE(BaseVAEEstimator):
         ndarray of shape (n_samples,)
         """
         X = self._validate_X(X, reset=False)
+        _check_positive_int(n_draws, "n_draws")
         eps = self._standard_normal((n_draws, self.latent_dim), offset=2)
         return self._to_numpy(self._infer("elbo_step", [X], eps, dtype=X.dtype), np.float64)
 
@@ -442,8 +447,7 @@ class VAE(BaseVAEEstimator):
         ndarray of shape (n_samples,)
         """
         X = self._validate_X(X, reset=False)
-        if not isinstance(n_importance, Integral) or n_importance < 1:
-            raise ValueError(f"n_importance must be a positive integer; got {n_importance!r}.")
+        _check_positive_int(n_importance, "n_importance")
         eps = self._standard_normal((n_importance, self.latent_dim), offset=3)
         scores = self._infer("log_likelihood_step", [X], eps, dtype=X.dtype)
         return self._to_numpy(scores, np.float64)

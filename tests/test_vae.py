@@ -238,6 +238,13 @@ def test_wrong_width_and_unfitted_use(small_X):
         vae.transform(small_X[:, :4])
     with pytest.raises(ValueError, match="latent_dim=10"):
         vae.inverse_transform(np.zeros((2, 3)))
+    for call in (
+        lambda: vae.sample(0),
+        lambda: vae.score_samples(small_X, n_draws=0),
+        lambda: vae.log_likelihood(small_X, n_importance=2.5),
+    ):
+        with pytest.raises(ValueError, match="must be a positive integer"):
+            call()
 
 
 def test_nan_loss_stops_with_advice_and_keeps_the_fitted_model(small_X):
