@@ -23,16 +23,21 @@ class GaussianEncoder(nn.Module):
     """Any backbone followed by two linear heads: :math:`\\mu(x)` and :math:`\\log s^2(x)`.
 
     The backbone's output is flattened, so a convolutional backbone can end in feature maps.
+    Conditions ``c``, when given, are appended to the features the heads read.
     """
 
-    def __init__(self, backbone: nn.Module, backbone_out_dim: int, latent_dim: int):
+    def __init__(
+        self, backbone: nn.Module, backbone_out_dim: int, latent_dim: int, cond_dim: int = 0
+    ):
         super().__init__()
         self.backbone = backbone
-        self.mu = nn.Linear(backbone_out_dim, latent_dim)
-        self.logvar = nn.Linear(backbone_out_dim, latent_dim)
+        self.mu = nn.Linear(backbone_out_dim + cond_dim, latent_dim)
+        self.logvar = nn.Linear(backbone_out_dim + cond_dim, latent_dim)
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, c: Tensor | None = None) -> tuple[Tensor, Tensor]:
         h = self.backbone(x).flatten(1)
+        if c is not None:
+            h = torch.cat([h, c], dim=1)
         return self.mu(h), self.logvar(h)
 
 

@@ -46,20 +46,34 @@ def _check_positive_int(value, name: str) -> None:
 
 
 class VAEModule(BaseVAEModule):
-    """The VAE's math as a LightningModule.
+    """The VAE's math as a LightningModule, optionally conditional (the CVAE's module too).
+
+    A batch is ``(x,)``, or ``(x, c)`` with conditions ``c``; then the encoder is
+    :math:`q(z|x, c)`, the decoder :math:`p(x|z, c)` reads ``[z, c]`` and the prior is
+    :math:`p(z|c)` from ``prior`` (or :math:`N(0, I)` when ``prior`` is None):
+
+    .. math:: \\mathcal{L} = -\\log p(x|z, c) + \\beta\\, KL(q(z|x, c) \\| p(z|c)),
+        \\quad z = \\mu + s \\odot \\epsilon
 
     Parameters
     ----------
     encoder : GaussianEncoder
-        Maps x to the posterior's mean and log-variance.
+        Maps x (``[x, c]`` when ``encoder_reads_conditions``), and c, to the posterior's mean
+        and log-variance.
     decoder : nn.Module
-        Maps z to the likelihood's location (or logits); its output is flattened per row.
+        Maps z (``[z, c]`` with conditions) to the likelihood's location or logits; its output
+        is flattened per row.
     likelihood : DecoderLikelihood
         The family of :math:`p(x|z)` and its scale.
     beta : float
         Weight of the KL term in the training loss.
     lr, weight_decay, max_epochs
         See :class:`~nidl_vae.module.BaseVAEModule`.
+    prior : GaussianEncoder, optional
+        Maps c to the conditional prior's mean and log-variance.
+    encoder_reads_conditions : bool, default=False
+        Whether the encoder's backbone reads ``[x, c]`` (the default MLP) or x alone (a user's
+        module, e.g. a CNN); the heads always read c.
     """
 
     def __init__(
@@ -71,59 +85,91 @@ class VAEModule(BaseVAEModule):
         lr: float,
         weight_decay: float,
         max_epochs: int,
+        prior: GaussianEncoder | None = None,
+        encoder_reads_conditions: bool = False,
     ):
         super().__init__(("loss", "reconstruction", "kl"), lr, weight_decay, max_epochs)
         self.encoder = encoder
         self.decoder = decoder
         self.likelihood = likelihood
         self.beta = beta
+        self.prior = prior
+        self.encoder_reads_conditions = encoder_reads_conditions
 
-    def decode(self, z: Tensor) -> Tensor:
+    def encode(self, x: Tensor, c: Tensor | None) -> tuple[Tensor, Tensor]:
+        if c is None:
+            return self.encoder(x)
+        return self.encoder(torch.cat([x, c], 1) if self.encoder_reads_conditions else x, c)
+
+    def decode(self, z: Tensor, c: Tensor | None = None) -> Tensor:
+        if c is not None:
+            z = torch.cat([z, c.expand(*z.shape[:-1], c.shape[-1])], -1)
         return self.decoder(z).flatten(1)
 
+    def prior_params(self, c: Tensor | None) -> tuple[Tensor | None, Tensor | None]:
+        """Mean and log-variance of :math:`p(z|c)`; (None, None) for :math:`N(0, I)`."""
+        return (None, None) if self.prior is None or c is None else self.prior(c)
+
     def loss_terms(self, batch: tuple[Tensor, ...]) -> Tensor:
-        x = batch[0]
-        mu, logvar = self.encoder(x)
+        x, c = _split(batch)
+        mu, logvar = self.encode(x, c)
         z = reparameterize(mu, logvar, torch.randn_like(mu))
-        reconstruction = -self.likelihood.log_prob(x, self.decode(z)).mean()
-        kl = gaussian_kl(mu, logvar).mean()
+        reconstruction = -self.likelihood.log_prob(x, self.decode(z, c)).mean()
+        kl = gaussian_kl(mu, logvar, *self.prior_params(c)).mean()
         return torch.stack([reconstruction + self.beta * kl, reconstruction, kl])
 
     def transform_step(self, batch: tuple[Tensor, ...]) -> tuple[Tensor, Tensor]:
-        return self.encoder(batch[0])
+        return self.encode(*_split(batch))
 
-    def _log_prob_draws(self, x: Tensor, z: Tensor) -> Tensor:
-        """:math:`\\log p(x|z_k)` for latent draws ``z`` of shape (K, B, D): shape (K, B)."""
-        n_draws, n_rows = z.shape[:2]
+    def _log_prob_draws(self, x: Tensor, c: Tensor | None, z: Tensor) -> Tensor:
+        """:math:`\\log p(x|z_k, c)` for latent draws ``z`` of shape (K, B, D): shape (K, B)."""
+        n_rows = z.shape[1]
         step = max(1, _DECODE_CHUNK_ROWS // n_rows)
         out = []
         for chunk in z.split(step):
-            loc = self.decode(chunk.reshape(-1, z.shape[-1])).reshape(len(chunk), n_rows, -1)
-            out.append(self.likelihood.log_prob(x, loc))
+            flat_c = None if c is None else c.repeat(len(chunk), 1)
+            loc = self.decode(chunk.reshape(-1, z.shape[-1]), flat_c)
+            out.append(self.likelihood.log_prob(x, loc.reshape(len(chunk), n_rows, -1)))
         return torch.cat(out)
 
     def elbo_step(self, batch: tuple[Tensor, ...], eps: Tensor) -> Tensor:
         """Per-row ELBO at beta = 1, averaged over the K shared noise draws ``eps`` (K, D)."""
-        x = batch[0]
-        mu, logvar = self.encoder(x)
+        x, c = _split(batch)
+        mu, logvar = self.encode(x, c)
         z = reparameterize(mu, logvar, eps[:, None, :])
-        return self._log_prob_draws(x, z).mean(0) - gaussian_kl(mu, logvar)
+        kl = gaussian_kl(mu, logvar, *self.prior_params(c))
+        return self._log_prob_draws(x, c, z).mean(0) - kl
 
     def log_likelihood_step(self, batch: tuple[Tensor, ...], eps: Tensor) -> Tensor:
-        """Importance-weighted :math:`\\log p(x)` with the posterior as proposal."""
-        x = batch[0]
-        mu, logvar = self.encoder(x)
+        """Importance-weighted :math:`\\log p(x|c)` with the posterior as proposal."""
+        x, c = _split(batch)
+        mu, logvar = self.encode(x, c)
         z = reparameterize(mu, logvar, eps[:, None, :])
-        log_w = (
-            self._log_prob_draws(x, z)
-            + standard_normal_log_density(z)
-            - gaussian_log_density(z, mu, logvar)
+        mu_p, logvar_p = self.prior_params(c)
+        log_prior = (
+            standard_normal_log_density(z)
+            if mu_p is None
+            else gaussian_log_density(z, mu_p, logvar_p)
         )
+        log_w = self._log_prob_draws(x, c, z) + log_prior - gaussian_log_density(z, mu, logvar)
         return importance_weighted_log_likelihood(log_w)
 
     def decode_step(self, batch: tuple[Tensor, ...]) -> Tensor:
-        """The mean of :math:`p(x|z)` for each latent row."""
-        return self.likelihood.mean(self.decode(batch[0]))
+        """The mean of :math:`p(x|z, c)` for each latent row (``batch`` is (z,) or (z, c))."""
+        return self.likelihood.mean(self.decode(*_split(batch)))
+
+    def prior_step(self, batch: tuple[Tensor, ...]) -> tuple[Tensor, Tensor]:
+        """Mean and log-variance of :math:`p(z|c)` for each row of conditions."""
+        (c,) = batch
+        mu, logvar = self.prior_params(c)
+        if mu is None:
+            zeros = c.new_zeros(len(c), self.encoder.mu.out_features)
+            return zeros, zeros
+        return mu, logvar
+
+
+def _split(batch: tuple[Tensor, ...]) -> tuple[Tensor, Tensor | None]:
+    return batch[0], (batch[1] if len(batch) > 1 else None)
 
 
 class VAE(BaseVAEEstimator):
@@ -310,20 +356,24 @@ class VAE(BaseVAEEstimator):
 
     def _build_module(self, tensors: tuple[Tensor, ...]) -> VAEModule:
         X = tensors[0]
-        n_features = X.shape[1]
+        C = tensors[1] if len(tensors) > 1 else X[:, :0]
+        n_features, n_cond = X.shape[1], C.shape[1]
         hidden = tuple(self.hidden_layer_sizes)
-        backbone = private_copy(self.encoder) or mlp(n_features, hidden)
-        out_dim = self.encoder_out_dim or output_width(backbone, X[:2])
-        decoder = private_copy(self.decoder) or mlp(self.latent_dim, hidden[::-1], n_features)
+        backbone = private_copy(self.encoder) or mlp(n_features + n_cond, hidden)
+        example = X[:2] if self.encoder is not None else torch.cat([X[:2], C[:2]], 1)
+        out_dim = self.encoder_out_dim or output_width(backbone, example)
+        decoder = private_copy(self.decoder) or mlp(
+            self.latent_dim + n_cond, hidden[::-1], n_features
+        )
         if self.decoder is not None:
-            width = output_width(decoder, torch.zeros(2, self.latent_dim))
+            width = output_width(decoder, torch.zeros(2, self.latent_dim + n_cond))
             if width != n_features:
                 raise ValueError(
                     f"The decoder outputs {width} values per latent row but X has {n_features} "
                     "features: its output (flattened) must match one row of X."
                 )
         return VAEModule(
-            encoder=GaussianEncoder(backbone, out_dim, self.latent_dim),
+            encoder=GaussianEncoder(backbone, out_dim, self.latent_dim, n_cond),
             decoder=decoder,
             likelihood=DecoderLikelihood(
                 self.decoder_dist, self.decoder_scale, n_features, learned_scale_start(X)
@@ -332,7 +382,12 @@ class VAE(BaseVAEEstimator):
             lr=self.lr,
             weight_decay=self.weight_decay,
             max_epochs=self.max_epochs,
+            prior=self._build_prior(C) if n_cond else None,
+            encoder_reads_conditions=bool(n_cond) and self.encoder is None,
         )
+
+    def _build_prior(self, C: Tensor) -> GaussianEncoder | None:
+        return None
 
     # ------------------------------------------------------------------ inference
     def transform(self, X) -> np.ndarray:
@@ -347,10 +402,13 @@ class VAE(BaseVAEEstimator):
         Z : ndarray of shape (n_samples, latent_dim), X's float dtype
         """
         X = self._validate_X(X, reset=False)
-        mu, logvar = self._infer("transform_step", [X], dtype=X.dtype)
+        return self._encode([X], X.dtype)
+
+    def _encode(self, arrays: list, dtype) -> np.ndarray:
+        mu, logvar = self._infer("transform_step", arrays, dtype=dtype)
         if self.stochastic_transform:
             mu = reparameterize(mu, logvar, self._standard_normal(mu.shape, offset=1).to(mu.dtype))
-        return self._to_numpy(mu, X.dtype)
+        return self._to_numpy(mu, dtype)
 
     def inverse_transform(self, Z) -> np.ndarray:
         """Decode latents: the mean of :math:`p(x|z)` for each row of Z.
@@ -363,6 +421,10 @@ class VAE(BaseVAEEstimator):
         -------
         X : ndarray of shape (n_samples, n_features_in_)
         """
+        Z = self._validate_Z(Z)
+        return self._to_numpy(self._infer("decode_step", [Z], dtype=Z.dtype), Z.dtype)
+
+    def _validate_Z(self, Z) -> np.ndarray:
         check_is_fitted(self)
         Z = check_array(Z, dtype=(np.float64, np.float32))
         if Z.shape[1] != self.latent_dim:
@@ -370,7 +432,7 @@ class VAE(BaseVAEEstimator):
                 f"Z has {Z.shape[1]} columns, but {type(self).__name__} has latent_dim="
                 f"{self.latent_dim}."
             )
-        return self._to_numpy(self._infer("decode_step", [Z], dtype=Z.dtype), Z.dtype)
+        return Z
 
     def sample(self, n_samples: int = 1, random_state=None) -> np.ndarray:
         """Generate rows: decoder means for :math:`z \\sim N(0, I)`.
@@ -412,9 +474,12 @@ class VAE(BaseVAEEstimator):
         ndarray of shape (n_samples,)
         """
         X = self._validate_X(X, reset=False)
+        return self._elbo([X], X.dtype, n_draws)
+
+    def _elbo(self, arrays: list, dtype, n_draws: int) -> np.ndarray:
         _check_positive_int(n_draws, "n_draws")
         eps = self._standard_normal((n_draws, self.latent_dim), offset=2)
-        return self._to_numpy(self._infer("elbo_step", [X], eps, dtype=X.dtype), np.float64)
+        return self._to_numpy(self._infer("elbo_step", arrays, eps, dtype=dtype), np.float64)
 
     def score(self, X, y=None) -> float:
         """Mean per-sample ELBO at beta = 1 (nats; higher is better).
@@ -447,7 +512,10 @@ class VAE(BaseVAEEstimator):
         ndarray of shape (n_samples,)
         """
         X = self._validate_X(X, reset=False)
+        return self._importance_weighted([X], X.dtype, n_importance)
+
+    def _importance_weighted(self, arrays: list, dtype, n_importance: int) -> np.ndarray:
         _check_positive_int(n_importance, "n_importance")
         eps = self._standard_normal((n_importance, self.latent_dim), offset=3)
-        scores = self._infer("log_likelihood_step", [X], eps, dtype=X.dtype)
+        scores = self._infer("log_likelihood_step", arrays, eps, dtype=dtype)
         return self._to_numpy(scores, np.float64)
