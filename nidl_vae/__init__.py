@@ -1,7 +1,8 @@
 """Variational autoencoders as scikit-learn estimators, trained with PyTorch Lightning."""
 
+from .crmvae import CRMVAE
 from .cvae import CVAE
 from .vae import VAE
 
-__all__ = ["VAE", "CVAE"]
+__all__ = ["VAE", "CVAE", "CRMVAE"]
 __version__ = "0.1.0"

@@ -266,7 +266,7 @@ class CVAE(VAE):
         return self._to_numpy(self._infer("decode_step", [Z, C], dtype=Z.dtype), Z.dtype)
 
     def sample(self, y, random_state=None) -> np.ndarray:
-        """Generate one row per row of y: :math:`z \\\\sim p(z|y)`, then the mean of
+        """Generate one row per row of y: :math:`z \\sim p(z|y)`, then the mean of
         :math:`p(x|z, y)`.
 
         Parameters
@@ -285,7 +285,7 @@ class CVAE(VAE):
         return self._to_numpy(X, self._fit_dtype)
 
     def score_samples(self, X, y=None, n_draws: int = 10) -> np.ndarray:
-        """Per-sample ELBO of :math:`\\\\log p(x|y)` at beta = 1, in nats (see VAE)."""
+        """Per-sample ELBO of :math:`\\log p(x|y)` at beta = 1, in nats (see VAE)."""
         X, C = self._validate_X_y(X, y, "score_samples")
         return self._elbo([X, C], X.dtype, n_draws)
 
@@ -294,7 +294,7 @@ class CVAE(VAE):
         return float(np.mean(self.score_samples(X, y)))
 
     def log_likelihood(self, X, y=None, n_importance: int = 100) -> np.ndarray:
-        """Importance-weighted estimate of :math:`\\\\log p(x|y)` per sample, in nats."""
+        """Importance-weighted estimate of :math:`\\log p(x|y)` per sample, in nats."""
         X, C = self._validate_X_y(X, y, "log_likelihood")
         return self._importance_weighted([X, C], X.dtype, n_importance)
 

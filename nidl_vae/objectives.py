@@ -54,9 +54,40 @@ def gaussian_kl(
     return 0.5 * (
         logvar_p
         - logvar_q
-        + (torch.exp(logvar_q) + (mu_q - mu_p) ** 2) * torch.exp(-logvar_p)
+        + torch.exp(logvar_q - logvar_p)
+        + (mu_q - mu_p) ** 2 * torch.exp(-logvar_p)
         - 1.0
     ).sum(-1)
+
+
+def product_of_experts(mu: Tensor, logvar: Tensor, observed: Tensor) -> tuple[Tensor, Tensor]:
+    """Product of the observed Gaussian experts (no prior expert), normalised.
+
+    .. math::
+        \\frac{1}{s_J^2} = \\sum_{m\\ \\mathrm{observed}} \\frac{1}{s_m^2}, \\qquad
+        \\mu_J = s_J^2 \\sum_{m\\ \\mathrm{observed}} \\frac{\\mu_m}{s_m^2}
+
+    Parameters
+    ----------
+    mu, logvar : Tensor of shape (M, n_samples, latent_dim)
+        The M experts' means and log-variances.
+    observed : bool Tensor of shape (M, n_samples)
+        Which experts enter each row's product; every row needs at least one. A left-out
+        expert's values never reach the result, nor its gradient (even if they are not finite).
+
+    Returns
+    -------
+    mu, logvar : Tensor of shape (n_samples, latent_dim)
+    """
+    observed = observed[..., None]
+    # In log space: precisions exp(-logvar) overflow float32 once logvar < -88, whereas
+    # log s_J^2 = -logsumexp(-log s_m^2) and the weights s_J^2 / s_m^2 = softmax(-log s_m^2)
+    # stay finite. Masking by where (not by multiplication) keeps a left-out expert's
+    # non-finite values out of the result and of the gradients.
+    log_precision = torch.where(observed, -logvar, -math.inf)
+    weights = torch.softmax(log_precision, dim=0)
+    mu_joint = (weights * torch.where(observed, mu, 0.0)).sum(0)
+    return mu_joint, -torch.logsumexp(log_precision, dim=0)
 
 
 def negative_elbo(log_likelihood: Tensor, kl: Tensor, beta: float = 1.0) -> Tensor:

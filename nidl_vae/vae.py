@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from .base import BaseVAEEstimator, draw_seed, private_copy
 from .data import as_tensor
 from .distributions import DecoderLikelihood, learned_scale_start
-from .module import BaseVAEModule
+from .module import BaseVAEModule, over_draws
 from .networks import GaussianEncoder, mlp, output_width
 from .objectives import (
     gaussian_kl,
@@ -35,9 +35,6 @@ from .objectives import (
     reparameterize,
     standard_normal_log_density,
 )
-
-# rows decoded at once when a step decodes many latent draws per row
-_DECODE_CHUNK_ROWS = 65536
 
 
 def _check_positive_int(value, name: str) -> None:
@@ -123,14 +120,13 @@ class VAEModule(BaseVAEModule):
 
     def _log_prob_draws(self, x: Tensor, c: Tensor | None, z: Tensor) -> Tensor:
         """:math:`\\log p(x|z_k, c)` for latent draws ``z`` of shape (K, B, D): shape (K, B)."""
-        n_rows = z.shape[1]
-        step = max(1, _DECODE_CHUNK_ROWS // n_rows)
-        out = []
-        for chunk in z.split(step):
+
+        def log_prob(chunk: Tensor) -> Tensor:
             flat_c = None if c is None else c.repeat(len(chunk), 1)
-            loc = self.decode(chunk.reshape(-1, z.shape[-1]), flat_c)
-            out.append(self.likelihood.log_prob(x, loc.reshape(len(chunk), n_rows, -1)))
-        return torch.cat(out)
+            loc = self.decode(chunk.flatten(0, 1), flat_c)
+            return self.likelihood.log_prob(x, loc.unflatten(0, chunk.shape[:2]))
+
+        return over_draws(log_prob, z)
 
     def elbo_step(self, batch: tuple[Tensor, ...], eps: Tensor) -> Tensor:
         """Per-row ELBO at beta = 1, averaged over the K shared noise draws ``eps`` (K, D)."""

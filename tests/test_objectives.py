@@ -19,6 +19,7 @@ from nidl_vae.objectives import (
     gaussian_kl,
     gaussian_log_density,
     importance_weighted_log_likelihood,
+    product_of_experts,
     reparameterize,
     standard_normal_log_density,
 )
@@ -87,6 +88,27 @@ def test_importance_weighted_log_likelihood():
     # log((1 + 3) / 2) = log 2; equal weights give the weight itself
     log_w = torch.log(t([[1.0, 5.0], [3.0, 5.0]]))
     assert_allclose(importance_weighted_log_likelihood(log_w).numpy(), [math.log(2), math.log(5)])
+
+
+def test_product_of_observed_experts():
+    mu = torch.tensor([[[1.0]], [[3.0]], [[-5.0]]])  # three experts, one row, one latent
+    logvar = torch.log(torch.tensor([[[1.0]], [[0.25]], [[2.0]]]))
+    observed = torch.tensor([[True], [True], [False]])
+    mu_j, logvar_j = product_of_experts(mu, logvar, observed)
+    # precisions 1 and 4: variance 1/5, mean (1 * 1 + 4 * 3) / 5
+    assert_allclose(mu_j.item(), 13 / 5, rtol=1e-6)
+    assert_allclose(logvar_j.exp().item(), 1 / 5, rtol=1e-6)
+    single = product_of_experts(mu, logvar, torch.tensor([[False], [True], [False]]))
+    assert_allclose(torch.cat(single).flatten(), [3.0, math.log(0.25)], rtol=1e-6)
+
+
+def test_product_of_experts_is_finite_for_extreme_variances_and_masked_infinities():
+    mu = torch.tensor([[[0.5]], [[math.inf]]], requires_grad=True)
+    logvar = torch.tensor([[[-200.0]], [[-math.inf]]], requires_grad=True)
+    mu_j, logvar_j = product_of_experts(mu, logvar, torch.tensor([[True], [False]]))
+    assert (mu_j.item(), logvar_j.item()) == (0.5, -200.0)
+    (mu_j + logvar_j).sum().backward()
+    assert mu.grad.tolist() == [[[1.0]], [[0.0]]] and logvar.grad[1].item() == 0.0
 
 
 def test_learned_scale_starts_at_its_initial_value_and_has_a_floor():

@@ -1,0 +1,686 @@
+"""CRMVAE: a multimodal VAE that trains and infers with missing modalities (Suzuki & Matsuo,
+ICLR 2023), as a scikit-learn estimator over one 2-D array of column blocks.
+
+M modalities :math:`x_1, \\dots, x_M`, unimodal Gaussian experts
+:math:`q_m(z|x_m) = N(\\mu_m, \\mathrm{diag}\\, s_m^2)` and, for each row, the joint posterior
+:math:`q_J(z|X)`, the product of the experts of the modalities observed in that row (no prior
+expert):
+
+.. math::
+    \\frac{1}{s_J^2} = \\sum_{m:\\, \\delta_m = 1} \\frac{1}{s_m^2}, \\qquad
+    \\mu_J = s_J^2 \\sum_{m:\\, \\delta_m = 1} \\frac{\\mu_m}{s_m^2}
+
+Loss per row, with :math:`\\delta_m = 1` when modality m is observed, rescale factors
+:math:`r_m` and :math:`\\pi = 1 / (M + 1)`:
+
+.. math::
+    \\mathcal{L}(X) = \\pi \\sum_m \\delta_m r_m \\left[
+    -\\mathbb{E}_{q_J} \\log p(x_m|z) - \\mathbb{E}_{q_m} \\log p(x_m|z) \\right]
+    + \\beta \\pi \\left[ \\sum_m \\delta_m KL(q_J \\| q_m) + KL(q_J \\| N(0, I)) \\right]
+
+Each expectation uses one reparameterised draw. The weight of the reconstructions is
+:math:`\\pi`, as in the paper and MultiVae's documentation (MultiVae's code divides them by
+:math:`2(M+1)` instead).
+"""
+
+from collections.abc import Sequence
+from numbers import Integral, Real
+
+import numpy as np
+import torch
+from sklearn.base import _fit_context
+from sklearn.utils._param_validation import StrOptions
+from torch import Tensor, nn
+
+from .base import BaseVAEEstimator, draw_seed, private_copy
+from .data import as_tensor
+from .distributions import DecoderLikelihood, learned_scale_start
+from .module import DECODE_CHUNK_ROWS, BaseVAEModule, over_draws
+from .networks import GaussianEncoder, mlp, output_width
+from .objectives import (
+    gaussian_kl,
+    gaussian_log_density,
+    importance_weighted_log_likelihood,
+    product_of_experts,
+    reparameterize,
+    standard_normal_log_density,
+)
+from .vae import VAE, _check_positive_int
+
+CRMVAE_DECODER_DISTS = ("normal", "laplace", "bernoulli", "categorical")
+
+
+class CRMVAEModule(BaseVAEModule):
+    """The CRMVAE's math as a LightningModule (see the module docstring for the loss).
+
+    A batch is ``(x, observed)``: ``x`` holds every modality's columns side by side (zeros where
+    a modality is missing) and ``observed`` (n_rows, M) is 1 where a modality is observed. A
+    missing modality's encoder and decoder get no gradient from that row.
+
+    Parameters
+    ----------
+    encoders : list of GaussianEncoder
+        One expert :math:`q_m(z|x_m)` per modality.
+    decoders : list of nn.Module
+        One per modality, mapping z to the location (or logits) of :math:`p(x_m|z)`.
+    likelihoods : list of DecoderLikelihood
+    widths : list of int
+        Columns of each modality, in order.
+    rescale_factors : list of float
+        :math:`r_m`, the weight of modality m's reconstruction terms.
+    beta : float
+        Weight of the KL terms.
+    lr, weight_decay, max_epochs
+        See :class:`~nidl_vae.module.BaseVAEModule`.
+    """
+
+    def __init__(
+        self,
+        encoders: list[GaussianEncoder],
+        decoders: list[nn.Module],
+        likelihoods: list[DecoderLikelihood],
+        widths: list[int],
+        rescale_factors: list[float],
+        beta: float,
+        lr: float,
+        weight_decay: float,
+        max_epochs: int,
+    ):
+        super().__init__(("loss", "reconstruction", "kl"), lr, weight_decay, max_epochs)
+        self.encoders = nn.ModuleList(encoders)
+        self.decoders = nn.ModuleList(decoders)
+        self.likelihoods = nn.ModuleList(likelihoods)
+        bounds = np.cumsum([0, *widths]).tolist()
+        self.blocks = list(zip(bounds[:-1], bounds[1:], strict=True))
+        self.register_buffer("rescale_factors", torch.tensor(rescale_factors, dtype=torch.float32))
+        self.beta = beta
+        self.pi = 1.0 / (len(widths) + 1)
+
+    def _block(self, x: Tensor, m: int) -> Tensor:
+        start, stop = self.blocks[m]
+        return x[..., start:stop]
+
+    def experts(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Every modality's expert on every row: means and log-variances of shape (M, B, D)."""
+        params = [encoder(self._block(x, m)) for m, encoder in enumerate(self.encoders)]
+        return torch.stack([mu for mu, _ in params]), torch.stack([lv for _, lv in params])
+
+    def modality_log_prob(self, x: Tensor, z: Tensor, m: int) -> Tensor:
+        """:math:`\\log p(x_m|z)` for latents ``z`` of shape (..., B, D): shape (..., B)."""
+        out = self.decoders[m](z.reshape(-1, z.shape[-1])).reshape(*z.shape[:-1], -1)
+        return self.likelihoods[m].log_prob(self._block(x, m), out)
+
+    def loss_terms(self, batch: tuple[Tensor, ...]) -> Tensor:
+        x, observed = batch
+        observed = observed.T.bool()  # (M, B)
+        mu, logvar = self.experts(x)
+        mu_joint, logvar_joint = product_of_experts(mu, logvar, observed)
+        z_joint = reparameterize(mu_joint, logvar_joint, torch.randn_like(mu_joint))
+        z_single = reparameterize(mu, logvar, torch.randn_like(mu))
+        reconstruction = x.new_zeros(len(x))
+        kl = gaussian_kl(mu_joint, logvar_joint)
+        for m in range(len(self.blocks)):
+            nll = -self.modality_log_prob(x, z_joint, m) - self.modality_log_prob(x, z_single[m], m)
+            reconstruction = reconstruction + torch.where(
+                observed[m], self.rescale_factors[m] * nll, 0.0
+            )
+            kl = kl + torch.where(
+                observed[m], gaussian_kl(mu_joint, logvar_joint, mu[m], logvar[m]), 0.0
+            )
+        reconstruction, kl = self.pi * reconstruction.mean(), self.pi * kl.mean()
+        return torch.stack([reconstruction + self.beta * kl, reconstruction, kl])
+
+    def transform_step(self, batch: tuple[Tensor, ...]) -> tuple[Tensor, Tensor]:
+        """The joint posterior :math:`q_J` of the modalities marked observed in the batch."""
+        x, observed = batch
+        return product_of_experts(*self.experts(x), observed.T.bool())
+
+    def _observed_log_prob(self, x: Tensor, observed: Tensor, z: Tensor) -> Tensor:
+        """:math:`\\sum_m \\delta_m \\log p(x_m|z_k)` for draws ``z`` (K, B, D): shape (K, B)."""
+        observed = observed.T.bool()
+
+        def log_prob(chunk: Tensor) -> Tensor:
+            terms = [
+                torch.where(observed[m], self.modality_log_prob(x, chunk, m), 0.0)
+                for m in range(len(self.blocks))
+            ]
+            return torch.stack(terms).sum(0)
+
+        return over_draws(log_prob, z)
+
+    def elbo_step(self, batch: tuple[Tensor, ...], eps: Tensor) -> Tensor:
+        """Per-row ELBO of the observed modalities' joint likelihood, at beta = 1:
+        :math:`\\frac1K \\sum_k \\sum_m \\delta_m \\log p(x_m|z_k) - KL(q_J \\| N(0, I))`."""
+        x, observed = batch
+        mu, logvar = self.transform_step(batch)
+        z = reparameterize(mu, logvar, eps[:, None, :])
+        return self._observed_log_prob(x, observed, z).mean(0) - gaussian_kl(mu, logvar)
+
+    def log_likelihood_step(self, batch: tuple[Tensor, ...], eps: Tensor) -> Tensor:
+        """Importance-weighted :math:`\\log p(x_{\\mathrm{observed}})` with :math:`q_J` as
+        proposal."""
+        x, observed = batch
+        mu, logvar = self.transform_step(batch)
+        z = reparameterize(mu, logvar, eps[:, None, :])
+        log_w = (
+            self._observed_log_prob(x, observed, z)
+            + standard_normal_log_density(z)
+            - gaussian_log_density(z, mu, logvar)
+        )
+        return importance_weighted_log_likelihood(log_w)
+
+    def decode_step(self, batch: tuple[Tensor, ...]) -> Tensor:
+        """Every modality's decoded mean, side by side, for each latent row."""
+        (z,) = batch
+        means = [
+            likelihood.mean(decoder(z).flatten(1))
+            for decoder, likelihood in zip(self.decoders, self.likelihoods, strict=True)
+        ]
+        return torch.cat(means, 1)
+
+    def impute_step(self, batch: tuple[Tensor, ...], eps: Tensor) -> Tensor:
+        """:math:`\\frac1K \\sum_k \\mathbb{E}[x | z_k]`, :math:`z_k \\sim q_J`: every
+        modality's mean under the joint posterior, from the K shared noise draws ``eps``."""
+        mu, logvar = self.transform_step(batch)
+        total = 0.0
+        for noise in eps.split(max(1, DECODE_CHUNK_ROWS // len(mu))):
+            z = reparameterize(mu, logvar, noise[:, None, :])
+            total = total + self.decode_step((z.flatten(0, 1),)).unflatten(0, z.shape[:2]).sum(0)
+        return total / len(eps)
+
+
+class CRMVAE(VAE):
+    """Multimodal VAE that trains and predicts with missing modalities (Suzuki & Matsuo, 2023).
+
+    .. math::
+        \\mathcal{L}(X) = \\pi \\sum_m \\delta_m r_m \\left[
+        -\\mathbb{E}_{q_J} \\log p(x_m|z) - \\mathbb{E}_{q_m} \\log p(x_m|z) \\right]
+        + \\beta \\pi \\left[ \\sum_m \\delta_m KL(q_J \\| q_m) + KL(q_J \\| N(0, I)) \\right]
+
+    with :math:`q_J` the product of the observed modalities' experts :math:`q_m(z|x_m)`,
+    :math:`\\delta_m = 1` when modality m is observed in the row and :math:`\\pi = 1/(M+1)`.
+
+    The modalities are column blocks of one 2-D X (an array or DataFrame), so the estimator
+    works in Pipelines and cross-validation. In a row, a block that is entirely NaN marks that
+    modality as missing: training and every method use the modalities a row has.
+
+    Parameters
+    ----------
+    modalities : dict of str to int, list of int or None, default=None
+        The modalities' widths, in column order: ``{"mri": 400, "clinical": 12}``, or a list of
+        widths (the modalities are then named 0, 1, ...). None is one modality spanning every
+        column (a VAE with the CRMVAE's loss).
+    encoders, decoders : dict of name to nn.Module, default=None
+        Custom networks for some modalities; the others get MLPs with ``hidden_layer_sizes``.
+        An encoder maps the modality's columns to features (flattened, then two linear heads
+        give the expert's mean and log-variance); a decoder maps z to the modality's columns.
+        Modules are copied at fit, never trained in place.
+    latent_dim : int, default=16
+    hidden_layer_sizes : tuple of int, default=(512, 256)
+        Widths of the default encoders' hidden layers (decoders mirror them).
+    beta : float, default=2.5
+        Weight of the KL terms (the paper's and MultiVae's default).
+    decoder_dist : str or dict of name to str, default='normal'
+        Family of each :math:`p(x_m|z)`: 'normal', 'laplace', 'bernoulli' or 'categorical'
+        (the last two read logits and need the modality's values in [0, 1]). A dict sets
+        some modalities; the others are 'normal'.
+    decoder_scale : float, 'learned' or dict of name to those, default='learned'
+        Scale of the normal and laplace likelihoods, as in :class:`~nidl_vae.VAE` (a learned
+        scale starts at 0.4 times the modality's RMS feature standard deviation). A dict sets
+        some modalities; the others are 'learned'.
+    uses_likelihood_rescaling : bool, default=False
+        Weight modality m's reconstruction terms by :math:`r_m` (Javaloy et al. 2022), so that
+        a wide modality does not drown out a narrow one.
+    rescale_factors : dict of name to float, default=None
+        The :math:`r_m` of every modality, when ``uses_likelihood_rescaling``. None uses
+        :math:`r_m = \\max_k d_k / d_m` with :math:`d_m` the modality's width.
+    lr : float, default=2e-3
+    max_epochs : int, default=200
+    stochastic_transform, weight_decay, batch_size, early_stopping, validation_fraction,
+    n_iter_no_change, accelerator, devices, precision, trainer_params, verbose, random_state
+        As for :class:`~nidl_vae.VAE`.
+
+    Notes
+    -----
+    The defaults of ``latent_dim``, ``hidden_layer_sizes``, ``lr`` and ``max_epochs`` are
+    larger than the VAE's: measured on digits split into left and right halves (1257 training
+    rows), VAE-sized defaults (10, (256, 128), 1e-3, 100 epochs) impute a half with a squared
+    error 10-17% above scikit-learn's ``KNNImputer`` and a recognition rate 1-5 points below;
+    these defaults reach a squared error 3-5% below it and the same recognition rate
+    (``tests/test_crmvae.py``).
+
+    Attributes
+    ----------
+    modalities_ : dict
+        Name to ``(start, stop)`` column bounds of each modality.
+    rescale_factors_ : dict
+        The :math:`r_m` used (all 1 without rescaling).
+    module_ : CRMVAEModule
+    history_ : dict of list of float
+        Per-epoch means of 'loss', 'reconstruction' and 'kl' (the terms as weighted in the loss:
+        loss = reconstruction + beta * kl), and 'val_*' with early stopping.
+    n_iter_, n_features_in_, feature_names_in_
+        As for :class:`~nidl_vae.VAE`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn.datasets import load_digits
+    >>> from nidl_vae import CRMVAE
+    >>> X = load_digits().data / 16
+    >>> X[:100, 32:] = np.nan  # the bottom half of the first 100 digits is missing
+    >>> crm = CRMVAE(modalities={"top": 32, "bottom": 32}, max_epochs=5, random_state=0)
+    >>> completed = crm.fit(X).impute(X)
+    >>> bool(np.isnan(completed).any())
+    False
+    """
+
+    _parameter_constraints: dict = {
+        **BaseVAEEstimator._parameter_constraints,
+        "modalities": [dict, list, tuple, None],
+        "encoders": [dict, None],
+        "decoders": [dict, None],
+        "hidden_layer_sizes": [tuple, list],
+        "decoder_dist": [StrOptions(set(CRMVAE_DECODER_DISTS)), dict],
+        "decoder_scale": [*BaseVAEEstimator._scale_constraint, dict],
+        "uses_likelihood_rescaling": ["boolean"],
+        "rescale_factors": [dict, None],
+        "stochastic_transform": ["boolean"],
+    }
+
+    def __init__(
+        self,
+        *,
+        modalities: dict | Sequence[int] | None = None,
+        encoders: dict | None = None,
+        decoders: dict | None = None,
+        latent_dim: int = 16,
+        hidden_layer_sizes: tuple[int, ...] = (512, 256),
+        beta: float = 2.5,
+        decoder_dist: str | dict = "normal",
+        decoder_scale: float | str | dict = "learned",
+        uses_likelihood_rescaling: bool = False,
+        rescale_factors: dict | None = None,
+        stochastic_transform: bool = False,
+        lr: float = 2e-3,
+        weight_decay: float = 0.0,
+        batch_size: int = 128,
+        max_epochs: int = 200,
+        early_stopping: bool = False,
+        validation_fraction: float = 0.1,
+        n_iter_no_change: int = 10,
+        accelerator="auto",
+        devices=1,
+        precision="32-true",
+        trainer_params: dict | None = None,
+        verbose: bool = False,
+        random_state=None,
+    ):
+        self.modalities = modalities
+        self.encoders = encoders
+        self.decoders = decoders
+        self.latent_dim = latent_dim
+        self.hidden_layer_sizes = hidden_layer_sizes
+        self.beta = beta
+        self.decoder_dist = decoder_dist
+        self.decoder_scale = decoder_scale
+        self.uses_likelihood_rescaling = uses_likelihood_rescaling
+        self.rescale_factors = rescale_factors
+        self.stochastic_transform = stochastic_transform
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.batch_size = batch_size
+        self.max_epochs = max_epochs
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.n_iter_no_change = n_iter_no_change
+        self.accelerator = accelerator
+        self.devices = devices
+        self.precision = precision
+        self.trainer_params = trainer_params
+        self.verbose = verbose
+        self.random_state = random_state
+
+    # ------------------------------------------------------------------ modalities
+    def _resolve_modalities(self, n_features: int) -> dict:
+        """Name to (start, stop) column bounds, checked against X's width."""
+        if self.modalities is None:
+            widths = {0: n_features}
+        elif isinstance(self.modalities, dict):
+            widths = dict(self.modalities)
+        else:
+            widths = dict(enumerate(self.modalities))
+        bad = {k: w for k, w in widths.items() if not isinstance(w, Integral) or w < 1}
+        if not widths or bad:
+            raise ValueError(
+                f"modalities must give each modality a positive number of columns; got {bad}."
+            )
+        if sum(widths.values()) != n_features:
+            raise ValueError(
+                f"The modalities' widths {list(widths.values())} add up to "
+                f"{sum(widths.values())} columns but X has {n_features}: give one width per "
+                "column block of X, in column order."
+            )
+        bounds = np.cumsum([0, *widths.values()]).tolist()
+        return {name: (bounds[i], bounds[i + 1]) for i, name in enumerate(widths)}
+
+    def _per_modality(self, param: str, default) -> dict:
+        """A per-modality parameter (one value, or a dict over some modalities) for each one."""
+        value = getattr(self, param)
+        if not isinstance(value, dict):
+            return dict.fromkeys(self.modalities_, value if value is not None else default)
+        unknown = [k for k in value if k not in self.modalities_]
+        if unknown:
+            raise ValueError(
+                f"{param} names {unknown}, which are not modalities; the modalities are "
+                f"{list(self.modalities_)}."
+            )
+        return {name: value.get(name, default) for name in self.modalities_}
+
+    def _observed(self, X: np.ndarray) -> np.ndarray:
+        """(n_rows, M) booleans: which modality each row has. Errors name the row and block."""
+        isnan = np.isnan(X)
+        observed = []
+        for name, (start, stop) in self.modalities_.items():
+            n_nan = isnan[:, start:stop].sum(1)
+            partial = np.flatnonzero((n_nan > 0) & (n_nan < stop - start))
+            if len(partial):
+                raise ValueError(
+                    f"Row {partial[0]} has NaN in part of modality {name!r} (columns "
+                    f"{start}-{stop - 1}), and {len(partial) - 1} other rows too: a modality "
+                    "is either observed (no NaN) or missing (all NaN). Impute the missing "
+                    "values within the block (e.g. SimpleImputer), or blank the whole block."
+                )
+            observed.append(n_nan == 0)
+        observed = np.stack(observed, 1)
+        empty = np.flatnonzero(~observed.any(1))
+        if len(empty):
+            raise ValueError(
+                f"Row {empty[0]} (and {len(empty) - 1} other rows) has every modality missing "
+                "(all NaN): there is nothing to encode. Drop those rows."
+            )
+        return observed
+
+    def _prepare(self, X, reset: bool) -> tuple[np.ndarray, np.ndarray]:
+        """Validated X with missing blocks zero-filled, and the observed-modality mask."""
+        X = self._validate_X(X, reset=reset, ensure_all_finite="allow-nan")
+        if reset:
+            self.modalities_ = self._resolve_modalities(X.shape[1])
+        observed = self._observed(X)
+        return np.where(np.isnan(X), 0, X).astype(X.dtype, copy=False), observed
+
+    def _select(self, names, param: str) -> np.ndarray:
+        """Boolean mask over the modalities for one name or a list of names."""
+        names = [names] if isinstance(names, (str, Integral)) else list(names)
+        unknown = [n for n in names if n not in self.modalities_]
+        if unknown or not names:
+            raise ValueError(
+                f"{param}={names!r}: name one or more of the modalities {list(self.modalities_)}."
+            )
+        return np.array([name in names for name in self.modalities_])
+
+    # ------------------------------------------------------------------ fit
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y=None) -> "CRMVAE":
+        """Train the CRMVAE on X, whose rows may miss whole modalities (NaN blocks).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            The modalities' column blocks side by side.
+        y : None
+            Ignored.
+
+        Returns
+        -------
+        self
+        """
+        return self._fit_transactional(lambda: self._fit(X))
+
+    def _fit(self, X) -> "CRMVAE":
+        self._check_trainer_params()
+        X, observed = self._prepare(X, reset=True)
+        self._dists = self._per_modality("decoder_dist", "normal")
+        self._scales = self._per_modality("decoder_scale", "learned")
+        for name, dist in self._dists.items():
+            scale = self._scales[name]
+            if dist not in CRMVAE_DECODER_DISTS:
+                raise ValueError(
+                    f"decoder_dist[{name!r}]={dist!r}; choose from {CRMVAE_DECODER_DISTS}."
+                )
+            if scale != "learned" and not (isinstance(scale, Real) and scale > 0):
+                raise ValueError(
+                    f"decoder_scale[{name!r}]={scale!r}; give a positive float or 'learned'."
+                )
+        self.rescale_factors_ = self._resolve_rescale_factors()
+        for m, (name, (start, stop)) in enumerate(self.modalities_.items()):
+            if not observed[:, m].any():
+                raise ValueError(f"Modality {name!r} is missing in every row: nothing to learn.")
+            block = X[observed[:, m], start:stop]
+            if self._dists[name] in ("bernoulli", "categorical") and (
+                block.min() < 0 or block.max() > 1
+            ):
+                raise ValueError(
+                    f"decoder_dist={self._dists[name]!r} for modality {name!r} needs values in "
+                    f"[0, 1]; got [{block.min():.3g}, {block.max():.3g}]. Scale them or use "
+                    "'normal'."
+                )
+        self._check_networks("encoders")
+        self._check_networks("decoders")
+        seed = draw_seed(self.random_state)
+        self._fit_dtype = X.dtype
+        self._set_fitted(self._train((as_tensor(X), as_tensor(observed)), seed), seed)
+        return self
+
+    def _check_networks(self, param: str) -> None:
+        modules = self._per_modality(param, None)
+        wrong = [
+            name
+            for name, module in modules.items()
+            if not isinstance(module, (nn.Module, type(None)))
+        ]
+        if wrong:
+            raise ValueError(f"{param}[{wrong[0]!r}] must be a torch nn.Module.")
+
+    def _resolve_rescale_factors(self) -> dict:
+        widths = {name: stop - start for name, (start, stop) in self.modalities_.items()}
+        if not self.uses_likelihood_rescaling:
+            if self.rescale_factors is not None:
+                raise ValueError(
+                    "rescale_factors is given but uses_likelihood_rescaling=False: set "
+                    "uses_likelihood_rescaling=True to use them."
+                )
+            return dict.fromkeys(widths, 1.0)
+        if self.rescale_factors is None:
+            return {name: max(widths.values()) / w for name, w in widths.items()}
+        factors = self._per_modality("rescale_factors", None)
+        bad = {k: v for k, v in factors.items() if not (isinstance(v, Real) and v > 0)}
+        if bad:
+            raise ValueError(
+                f"rescale_factors needs a positive number for every modality; got {bad}."
+            )
+        return {name: float(v) for name, v in factors.items()}
+
+    def _build_module(self, tensors: tuple[Tensor, ...]) -> CRMVAEModule:
+        X, observed = tensors
+        hidden = tuple(self.hidden_layer_sizes)
+        encoders = self._per_modality("encoders", None)
+        decoders = self._per_modality("decoders", None)
+        experts, decoder_nets, likelihoods = [], [], []
+        for m, (name, (start, stop)) in enumerate(self.modalities_.items()):
+            width = stop - start
+            block = X[observed[:, m].bool(), start:stop]
+            backbone = private_copy(encoders[name]) or mlp(width, hidden)
+            experts.append(
+                GaussianEncoder(backbone, output_width(backbone, block[:2]), self.latent_dim)
+            )
+            decoder = private_copy(decoders[name]) or mlp(self.latent_dim, hidden[::-1], width)
+            out = output_width(decoder, torch.zeros(2, self.latent_dim))
+            if out != width:
+                raise ValueError(
+                    f"The decoder of modality {name!r} outputs {out} values per latent row, "
+                    f"but the modality has {width} columns."
+                )
+            decoder_nets.append(decoder)
+            likelihoods.append(
+                DecoderLikelihood(
+                    self._dists[name], self._scales[name], width, learned_scale_start(block)
+                )
+            )
+        return CRMVAEModule(
+            encoders=experts,
+            decoders=decoder_nets,
+            likelihoods=likelihoods,
+            widths=[stop - start for start, stop in self.modalities_.values()],
+            rescale_factors=list(self.rescale_factors_.values()),
+            beta=self.beta,
+            lr=self.lr,
+            weight_decay=self.weight_decay,
+            max_epochs=self.max_epochs,
+        )
+
+    # ------------------------------------------------------------------ inference
+    def transform(self, X, modalities=None) -> np.ndarray:
+        """Encode X: the mean of the joint posterior of each row's observed modalities.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Rows may miss whole modalities (NaN blocks).
+        modalities : name or list of names, default=None
+            Encode from these modalities only (those of them a row has); None uses all.
+
+        Returns
+        -------
+        Z : ndarray of shape (n_samples, latent_dim), X's float dtype
+        """
+        X, observed = self._prepare(X, reset=False)
+        if modalities is not None:
+            observed = self._require_any(observed & self._select(modalities, "modalities"))
+        return self._encode([X, observed], X.dtype)
+
+    @staticmethod
+    def _require_any(observed: np.ndarray, what: str = "the chosen modalities") -> np.ndarray:
+        empty = np.flatnonzero(~observed.any(1))
+        if len(empty):
+            raise ValueError(
+                f"Row {empty[0]} (and {len(empty) - 1} other rows) has none of {what}: "
+                "there is nothing to encode it from. Choose modalities it has."
+            )
+        return observed
+
+    def impute(self, X, n_draws: int | None = 100):
+        """Fill each row's missing modalities from the ones it has.
+
+        A missing block becomes its mean under the model given the observed blocks,
+        :math:`\\mathbb{E}_{q_J(z|x_{\\mathrm{observed}})} \\mathbb{E}[x_m | z]`, averaged over
+        K seeded posterior draws; observed values are returned unchanged. Averaging draws
+        (rather than decoding the posterior mean) is what minimises the squared error: on
+        digit halves it lowers it by 3-5%.
+
+        Parameters
+        ----------
+        X : array-like or DataFrame of shape (n_samples, n_features)
+        n_draws : int or None, default=100
+            Number K of posterior draws; None decodes the posterior mean alone (sharper,
+            not the conditional mean).
+
+        Returns
+        -------
+        X_imputed : ndarray (a DataFrame with X's index and columns for a DataFrame input)
+        """
+        X_in = X
+        X, observed = self._prepare(X, reset=False)
+        if n_draws is None:
+            mu, _ = self._infer("transform_step", [X, observed], dtype=X.dtype)
+            decoded = self._infer("decode_step", [mu], dtype=X.dtype)
+        else:
+            _check_positive_int(n_draws, "n_draws")
+            eps = self._standard_normal((n_draws, self.latent_dim), offset=5)
+            decoded = self._infer("impute_step", [X, observed], eps, dtype=X.dtype)
+        decoded = self._to_numpy(decoded, X.dtype)
+        missing = np.repeat(
+            ~observed, [stop - start for start, stop in self.modalities_.values()], axis=1
+        )
+        imputed = np.where(missing, decoded, X)
+        if hasattr(X_in, "columns") and hasattr(X_in, "index"):
+            import pandas as pd
+
+            return pd.DataFrame(imputed, index=X_in.index, columns=X_in.columns)
+        return imputed
+
+    def score_samples(self, X, n_draws: int = 10) -> np.ndarray:
+        """Per-sample ELBO of the observed modalities' joint likelihood (beta = 1, nats).
+
+        .. math:: \\mathrm{ELBO}(x) = \\frac1K \\sum_k \\sum_m \\delta_m \\log p(x_m|z_k)
+            - KL(q_J(z|x) \\| N(0, I)), \\quad z_k \\sim q_J
+
+        A lower bound of :math:`\\log p(x_{\\mathrm{observed}})` (not the training loss, whose
+        unimodal terms serve inference from subsets); rows with fewer modalities have fewer
+        terms, so compare rows with the same modalities. The K draws are seeded and shared.
+        """
+        X, observed = self._prepare(X, reset=False)
+        return self._elbo([X, observed], X.dtype, n_draws)
+
+    def log_likelihood(self, X, n_importance: int = 100) -> np.ndarray:
+        """Importance-weighted estimate of :math:`\\log p(x_{\\mathrm{observed}})` per sample.
+
+        .. math:: \\log \\frac1K \\sum_k \\frac{\\prod_m p(x_m|z_k)^{\\delta_m}\\, p(z_k)}
+            {q_J(z_k|x)}, \\quad z_k \\sim q_J
+
+        Incomplete rows are welcome: each row's estimate is of the modalities it has.
+        Vectorised over rows and draws; the K draws are seeded and shared by every row.
+        """
+        X, observed = self._prepare(X, reset=False)
+        return self._importance_weighted([X, observed], X.dtype, n_importance)
+
+    def conditional_log_likelihood(
+        self, X, target, given=None, n_importance: int = 100
+    ) -> np.ndarray:
+        """Estimate :math:`\\log p(x_{\\mathrm{target}} \\mid x_{\\mathrm{given}})` per sample.
+
+        .. math:: \\log p(x_T | x_G) \\approx \\log \\hat p(x_T, x_G) - \\log \\hat p(x_G)
+
+        each term the importance-weighted estimate of :meth:`log_likelihood` (with the joint
+        posterior of its own modalities as proposal, and the same K seeded draws). Consistent
+        as K grows; unlike each term, the difference is not a bound.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        target : name or list of names
+            The modalities whose likelihood is estimated.
+        given : name or list of names, default=None
+            The modalities conditioned on; None means every other modality.
+        n_importance : int, default=100
+
+        Returns
+        -------
+        ndarray of shape (n_samples,)
+            NaN in rows that miss a target modality or every given one.
+        """
+        X, observed = self._prepare(X, reset=False)
+        _check_positive_int(n_importance, "n_importance")
+        is_target = self._select(target, "target")
+        is_given = ~is_target if given is None else self._select(given, "given")
+        if (is_target & is_given).any() or not is_given.any():
+            raise ValueError(
+                "target and given must be disjoint, non-empty sets of modalities; got "
+                f"target={target!r}, given={given!r}."
+            )
+        given_mask = observed & is_given
+        valid = (observed | ~is_target).all(1) & given_mask.any(1)
+        out = np.full(len(X), np.nan)
+        if valid.any():
+            rows = X[valid]
+            joint = self._importance_weighted(
+                [rows, given_mask[valid] | is_target], X.dtype, n_importance
+            )
+            marginal = self._importance_weighted([rows, given_mask[valid]], X.dtype, n_importance)
+            out[valid] = joint - marginal
+        return out
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = True
+        return tags

@@ -1,0 +1,303 @@
+"""CRMVAE: the loss by hand, missing modalities, inference, errors and imputation quality."""
+
+import pickle
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from numpy.testing import assert_allclose, assert_array_equal
+from sklearn.impute import KNNImputer
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import train_test_split
+
+from nidl_vae import CRMVAE
+from nidl_vae.crmvae import CRMVAEModule
+from nidl_vae.distributions import DecoderLikelihood
+from nidl_vae.networks import GaussianEncoder
+
+HALVES = {"left": slice(0, 32), "right": slice(32, 64)}
+FAST = dict(latent_dim=4, hidden_layer_sizes=(32,), max_epochs=5, random_state=0)
+
+
+def _digit_halves(digits):
+    X, y = digits
+    pixels = np.arange(64).reshape(8, 8)
+    return X[:, np.r_[pixels[:, :4].ravel(), pixels[:, 4:].ravel()]], y
+
+
+def _two_blocks(n=80, seed=0):
+    """Rows of a 3-column and a 2-column modality that share one latent factor."""
+    rng = np.random.default_rng(seed)
+    t = rng.normal(size=(n, 1))
+    return np.hstack([t * [1, 2, -1], -t * [1, 0.5]]) + 0.1 * rng.normal(size=(n, 5))
+
+
+# ---------------------------------------------------------------------------- the loss
+def _tiny_module(rescale_factors=(1.0, 1.0)):
+    torch.manual_seed(0)
+    encoders = [GaussianEncoder(torch.nn.Identity(), w, 2) for w in (1, 2)]
+    decoders = [torch.nn.Linear(2, w) for w in (1, 2)]
+    likelihoods = [DecoderLikelihood("normal", 0.5, 1), DecoderLikelihood("laplace", 0.3, 2)]
+    return CRMVAEModule(
+        encoders, decoders, likelihoods, [1, 2], list(rescale_factors), 2.5, 1e-3, 0.0, 1
+    )
+
+
+def _hand_computed_loss(module, x, observed, eps_joint, eps_single):
+    """The loss of the module docstring, written out row by row with numpy."""
+    p = [
+        [t.detach().double().numpy() for t in (e.mu.weight, e.mu.bias, e.logvar.weight)]
+        + [e.logvar.bias.detach().double().numpy()]
+        for e in module.encoders
+    ]
+    dec = [
+        (d.weight.detach().double().numpy(), d.bias.detach().double().numpy())
+        for d in module.decoders
+    ]
+    blocks, r = [x[:, :1], x[:, 1:]], module.rescale_factors.numpy()
+
+    def normal(v, loc):
+        return (-0.5 * np.log(2 * np.pi) - np.log(0.5) - 0.5 * ((v - loc) / 0.5) ** 2).sum()
+
+    def laplace(v, loc):
+        return (-np.log(2 * 0.3) - np.abs(v - loc) / 0.3).sum()
+
+    def kl(mq, vq, mp, vp):
+        return 0.5 * (np.log(vp / vq) + (vq + (mq - mp) ** 2) / vp - 1).sum()
+
+    log_lik = [normal, laplace]
+    losses, recs, kls = [], [], []
+    for i in range(len(x)):
+        mus = [blocks[m][i] @ p[m][0].T + p[m][1] for m in range(2)]
+        variances = [np.exp(blocks[m][i] @ p[m][2].T + p[m][3]) for m in range(2)]
+        seen = [m for m in range(2) if observed[i, m]]
+        precision = sum(1 / variances[m] for m in seen)
+        var_j = 1 / precision
+        mu_j = var_j * sum(mus[m] / variances[m] for m in seen)
+        z_j = mu_j + np.sqrt(var_j) * eps_joint[i]
+        rec = 0.0
+        for m in seen:
+            z_m = mus[m] + np.sqrt(variances[m]) * eps_single[m, i]
+            rec -= r[m] * sum(
+                log_lik[m](blocks[m][i], dec[m][0] @ z + dec[m][1]) for z in (z_j, z_m)
+            )
+        div = kl(mu_j, var_j, 0.0, 1.0) + sum(kl(mu_j, var_j, mus[m], variances[m]) for m in seen)
+        recs.append(rec / 3)  # pi = 1 / (M + 1) = 1/3
+        kls.append(div / 3)
+        losses.append(recs[-1] + 2.5 * kls[-1])
+    return [np.mean(losses), np.mean(recs), np.mean(kls)]
+
+
+@pytest.mark.parametrize("missing", [False, True])
+@pytest.mark.parametrize("rescale_factors", [(1.0, 1.0), (2.0, 1.0)])
+def test_loss_equals_hand_computed_value(missing, rescale_factors):
+    module = _tiny_module(rescale_factors)
+    x = torch.randn(4, 3, generator=torch.Generator().manual_seed(3))
+    observed = torch.ones(4, 2)
+    if missing:  # row 1 misses modality 0, row 2 misses modality 1
+        observed[1, 0] = observed[2, 1] = 0
+        x[1, :1] = x[2, 1:] = 0
+    torch.manual_seed(1)  # the module draws the joint noise, then every expert's
+    eps_joint, eps_single = torch.randn(4, 2), torch.randn(2, 4, 2)
+    torch.manual_seed(1)
+    terms = module.loss_terms((x, observed)).detach().numpy()
+    expected = _hand_computed_loss(
+        module, x.double().numpy(), observed.numpy(), eps_joint.numpy(), eps_single.numpy()
+    )
+    assert_allclose(terms, expected, rtol=1e-5)
+
+
+def test_a_missing_modality_gets_no_gradient():
+    module = _tiny_module()
+    x = torch.randn(5, 3)
+    observed = torch.ones(5, 2)
+    observed[:, 1] = 0  # modality 1 is missing in every row of the batch
+    x[:, 1:] = float("inf")  # whatever sits in a missing block must not matter either
+    module.loss_terms((x.nan_to_num(posinf=0.0), observed))[0].backward()
+    for net in (module.encoders[1], module.decoders[1]):
+        assert all(torch.equal(p.grad, torch.zeros_like(p)) for p in net.parameters())
+    assert any(p.grad.abs().sum() > 0 for p in module.encoders[0].parameters())
+
+
+# ---------------------------------------------------------------------------- estimator
+def test_rows_may_miss_modalities_and_methods_use_what_a_row_has():
+    X = _two_blocks()
+    X[:10, 3:] = np.nan
+    X[10:20, :3] = np.nan
+    crm = CRMVAE(modalities={"a": 3, "b": 2}, **FAST).fit(X)
+    assert crm.modalities_ == {"a": (0, 3), "b": (3, 5)}
+    Z = crm.transform(X)
+    assert np.isfinite(Z).all() and Z.shape == (80, 4)
+    # encoding from one modality equals encoding rows whose other block is blank
+    only_a = X.copy()
+    only_a[:, 3:] = np.nan
+    assert_allclose(crm.transform(X[20:], modalities="a"), crm.transform(only_a[20:]))
+    assert_allclose(crm.score_samples(X[20:], n_draws=3)[:5], crm.score_samples(X, 3)[20:25])
+    assert np.isfinite(crm.log_likelihood(X, n_importance=5)).all()
+
+
+def test_impute_fills_missing_blocks_and_keeps_observed_values():
+    X = _two_blocks()
+    X[:10, 3:] = np.nan
+    crm = CRMVAE(modalities=[3, 2], **FAST).fit(X)
+    completed = crm.impute(X)
+    assert not np.isnan(completed).any()
+    assert_array_equal(completed[10:], X[10:])
+    assert_array_equal(completed[:10, :3], X[:10, :3])
+    # the filled block is the decoded mean under the posterior of what the row has
+    mean_only = crm.impute(X, n_draws=None)
+    decoded = crm.inverse_transform(crm.transform(X[:10]))
+    assert_allclose(mean_only[:10, 3:], decoded[:, 3:], rtol=1e-6)
+    frame = pd.DataFrame(X, columns=list("abcde"), index=np.arange(80) + 100)
+    imputed = CRMVAE(modalities=[3, 2], **FAST).fit(frame).impute(frame)
+    assert list(imputed.columns) == list("abcde") and imputed.index[0] == 100
+    assert_allclose(imputed.to_numpy(), completed)
+
+
+def test_importance_weighted_estimate_is_at_least_the_elbo_on_average():
+    X = _two_blocks()
+    X[:20, 3:] = np.nan
+    crm = CRMVAE(modalities=[3, 2], **{**FAST, "max_epochs": 20}).fit(X)
+    elbo = crm.score_samples(X, n_draws=50)
+    iw = crm.log_likelihood(X, n_importance=200)
+    assert iw.mean() > elbo.mean()
+    assert iw[:20].mean() > elbo[:20].mean()  # incomplete rows too
+
+
+def test_conditional_log_likelihood_is_joint_minus_marginal():
+    X = _two_blocks()
+    crm = CRMVAE(modalities={"a": 3, "b": 2}, **FAST).fit(X)
+    given_only = X.copy()
+    given_only[:, 3:] = np.nan
+    joint = crm.log_likelihood(X, n_importance=20)
+    marginal = crm.log_likelihood(given_only, n_importance=20)
+    conditional = crm.conditional_log_likelihood(X, target="b", n_importance=20)
+    assert_allclose(conditional, joint - marginal, rtol=1e-6)
+    # undefined where the target or every given modality is missing
+    assert np.isnan(crm.conditional_log_likelihood(given_only[:3], "b", "a", 5)).all()
+
+
+def test_likelihood_rescaling_factors():
+    X = _two_blocks()
+    rescaled = CRMVAE(modalities={"a": 3, "b": 2}, uses_likelihood_rescaling=True, **FAST)
+    assert rescaled.fit(X).rescale_factors_ == {"a": 1.0, "b": 1.5}
+    given = rescaled.set_params(rescale_factors={"a": 2.0, "b": 0.5}).fit(X)
+    assert_allclose(given.module_.rescale_factors.numpy(), [2.0, 0.5])
+    assert CRMVAE(modalities=[3, 2], **FAST).fit(X).rescale_factors_ == {0: 1.0, 1: 1.0}
+
+
+def test_per_modality_likelihoods_and_custom_networks():
+    X = _two_blocks()
+    X[:, 3:] = 1 / (1 + np.exp(-X[:, 3:]))  # modality 'b' in [0, 1]
+    decoder = torch.nn.Sequential(torch.nn.Linear(4, 2))
+    crm = CRMVAE(
+        modalities={"a": 3, "b": 2},
+        decoder_dist={"b": "bernoulli"},
+        decoder_scale={"a": 0.3},
+        decoders={"b": decoder},
+        **FAST,
+    ).fit(X)
+    a, b = crm.module_.likelihoods
+    assert (a.dist, a.scale(), b.dist) == ("normal", 0.3, "bernoulli")
+    assert crm.module_.decoders[1] is not decoder  # copied, never trained in place
+    generated = crm.sample(50)
+    assert ((generated[:, 3:] > 0) & (generated[:, 3:] < 1)).all()
+
+
+def test_same_random_state_same_results_and_global_rng_untouched():
+    X = _two_blocks()
+    X[:10, 3:] = np.nan
+    state = torch.random.get_rng_state(), np.random.get_state()[1].copy()
+    runs = [CRMVAE(modalities=[3, 2], **FAST).fit(X) for _ in range(2)]
+    assert_array_equal(runs[0].transform(X), runs[1].transform(X))
+    assert_array_equal(runs[0].impute(X), runs[1].impute(X))
+    assert torch.equal(torch.random.get_rng_state(), state[0])
+    assert_array_equal(np.random.get_state()[1], state[1])
+    restored = pickle.loads(pickle.dumps(runs[0]))
+    assert_array_equal(restored.impute(X), runs[0].impute(X))
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda X: X[:, :4], r"add up to 5 columns but X has 4"),
+        (
+            lambda X: np.where(np.arange(5) == 4, np.nan, X),
+            r"Row 0 has NaN in part of modality 'b'",
+        ),
+        (lambda X: np.vstack([X, np.full(5, np.nan)]), r"Row 80 .* every modality missing"),
+    ],
+)
+def test_bad_modality_blocks_raise_before_training(change, message):
+    crm = CRMVAE(modalities={"a": 3, "b": 2}, **FAST)
+    with pytest.raises(ValueError, match=message):
+        crm.fit(change(_two_blocks()))
+    assert not hasattr(crm, "module_")
+
+
+def test_bad_parameters_and_arguments_raise():
+    X = _two_blocks()
+    with pytest.raises(ValueError, match=r"decoder_dist names \['c'\]"):
+        CRMVAE(modalities={"a": 3, "b": 2}, decoder_dist={"c": "normal"}, **FAST).fit(X)
+    with pytest.raises(ValueError, match="set uses_likelihood_rescaling=True"):
+        CRMVAE(modalities=[3, 2], rescale_factors={0: 1.0, 1: 2.0}, **FAST).fit(X)
+    with pytest.raises(ValueError, match="needs values in"):
+        CRMVAE(modalities=[3, 2], decoder_dist="bernoulli", **FAST).fit(X)
+    crm = CRMVAE(modalities={"a": 3, "b": 2}, **FAST).fit(X)
+    before = crm.transform(X)
+    with pytest.raises(ValueError, match="modalities=\\['mri'\\]"):
+        crm.transform(X, modalities="mri")
+    only_b = X.copy()
+    only_b[:2, :3] = np.nan
+    with pytest.raises(ValueError, match="Row 0 .* none of the chosen modalities"):
+        crm.transform(only_b, modalities="a")
+    with pytest.raises(ValueError, match="disjoint"):
+        crm.conditional_log_likelihood(X, target="a", given=["a", "b"])
+    with pytest.raises(ValueError, match="partly|part of modality"):
+        crm.fit(np.where(np.arange(5) == 0, np.nan, X))  # a failed refit keeps the model
+    assert_array_equal(crm.transform(X), before)
+
+
+# ---------------------------------------------------------------------------- quality
+@pytest.fixture(scope="module")
+def halves_split(digits):
+    X, y = _digit_halves(digits)
+    X_train, X_test, y_train, y_test = train_test_split(
+        X, y, test_size=0.3, random_state=0, stratify=y
+    )
+    classifier = LogisticRegression(max_iter=3000).fit(X_train, y_train)
+    return X_train, X_test, y_test, classifier
+
+
+def _imputation_quality(impute, X_test, y_test, classifier):
+    """Per missing half: squared error of the imputed half, recognition of the whole digit."""
+    errors, recognised = [], []
+    for block in HALVES.values():
+        X_missing = X_test.copy()
+        X_missing[:, block] = np.nan
+        completed = impute(X_missing)
+        errors.append(((completed[:, block] - X_test[:, block]) ** 2).mean())
+        recognised.append((classifier.predict(completed) == y_test).mean())
+    return np.array(errors), np.array(recognised)
+
+
+@pytest.mark.slow
+def test_imputed_halves_match_knn_imputer_and_missing_training_rows_cost_little(halves_split):
+    # numbers for several seeds: benchmarks/bench_crmvae_imputation.py
+    X_train, X_test, y_test, classifier = halves_split
+    knn = _imputation_quality(KNNImputer().fit(X_train).transform, X_test, y_test, classifier)
+    crm = CRMVAE(modalities={"left": 32, "right": 32}, random_state=0).fit(X_train)
+    full = _imputation_quality(crm.impute, X_test, y_test, classifier)
+    assert (full[0] <= knn[0]).all()  # squared error no worse, each half
+    assert full[1].mean() >= knn[1].mean()  # recognised as often, over both halves
+    assert (full[1] >= knn[1] - 0.015).all()
+
+    incomplete = X_train.copy()
+    rows = np.random.default_rng(0).permutation(len(X_train))[: int(0.3 * len(X_train))]
+    incomplete[rows[::2], HALVES["left"]] = np.nan
+    incomplete[rows[1::2], HALVES["right"]] = np.nan
+    crm = CRMVAE(modalities={"left": 32, "right": 32}, random_state=0).fit(incomplete)
+    missing = _imputation_quality(crm.impute, X_test, y_test, classifier)
+    assert (missing[0] <= 1.1 * full[0]).all()
+    assert (missing[1] >= full[1] - 0.03).all()
