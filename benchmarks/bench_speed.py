@@ -89,7 +89,7 @@ class PlainCRMVAE(nn.Module):
         mu, logvar, params, halves = self.joint(x)
         z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
         total = 0.5 * (logvar.exp() + mu**2 - 1 - logvar).sum(1)
-        for expert, (m, lv), half in zip(self.experts, params, strict=True):
+        for expert, (m, lv), half in zip(self.experts, params, halves, strict=True):
             scale = nn.functional.softplus(expert.raw_scale) + 1e-3
             z_m = m + torch.exp(0.5 * lv) * torch.randn_like(m)
             for latent in (z, z_m):
