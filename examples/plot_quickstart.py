@@ -1,0 +1,56 @@
+"""
+Quickstart: a VAE on digits
+===========================
+
+Fit a VAE with a 2-D latent space on scikit-learn's 8x8 digits (scaled to [0, 1]), then look at
+what it learned: the latent map coloured by digit, reconstructions of held-out digits, digits
+generated from the prior, and the training curve kept in ``history_``.
+"""
+
+import os
+
+import matplotlib.pyplot as plt
+import numpy as np
+from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split
+
+from nidl_vae import VAE
+
+EPOCHS = 3 if os.environ.get("NIDL_VAE_FAST_EXAMPLES") else 100
+
+X, y = load_digits(return_X_y=True)
+X_train, X_test, y_train, y_test = train_test_split(X / 16, y, test_size=0.25, random_state=0)
+
+vae = VAE(latent_dim=2, max_epochs=EPOCHS, random_state=0).fit(X_train)
+print(f"held-out mean ELBO: {vae.score(X_test):.1f} nats")
+
+# %%
+# The latent map: posterior means of held-out digits
+Z = vae.transform(X_test)
+fig, ax = plt.subplots(figsize=(6, 5))
+points = ax.scatter(Z[:, 0], Z[:, 1], c=y_test, cmap="tab10", s=12)
+fig.colorbar(points, ax=ax, label="digit")
+ax.set(xlabel="$z_1$", ylabel="$z_2$", title="Held-out digits in the VAE's latent space")
+
+# %%
+# Reconstructions (bottom) of held-out digits (top), and digits generated from N(0, I)
+reconstructed = vae.inverse_transform(Z[:10])
+generated = vae.sample(10, random_state=0)
+fig, axes = plt.subplots(3, 10, figsize=(10, 3.3))
+for row, (images, label) in enumerate(
+    [(X_test[:10], "held-out"), (reconstructed, "reconstructed"), (generated, "generated")]
+):
+    for ax, image in zip(axes[row], images, strict=True):
+        ax.imshow(image.reshape(8, 8), cmap="gray_r", vmin=0, vmax=1)
+        ax.set_axis_off()
+    axes[row, 0].set_title(label, loc="left", fontsize=9)
+
+# %%
+# The training curve: per-epoch means of the loss and its two terms
+fig, ax = plt.subplots(figsize=(6, 3.5))
+epochs = np.arange(1, vae.n_iter_ + 1)
+for name in ("loss", "reconstruction", "kl"):
+    ax.plot(epochs, vae.history_[name], label=name)
+ax.set(xlabel="epoch", ylabel="nats per digit", title="history_")
+ax.legend()
+plt.show()
