@@ -418,7 +418,7 @@ class VAE(BaseVAEEstimator):
 
         Returns
         -------
-        X : ndarray of shape (n_samples, n_features_in_)
+        X : ndarray of shape (n_samples, n_features)
         """
         Z = self._validate_Z(Z)
         return self._to_numpy(self._infer("decode_step", [Z], dtype=Z.dtype), Z.dtype)
@@ -444,7 +444,7 @@ class VAE(BaseVAEEstimator):
 
         Returns
         -------
-        X : ndarray of shape (n_samples, n_features_in_)
+        X : ndarray of shape (n_samples, n_features)
         """
         check_is_fitted(self)
         _check_positive_int(n_samples, "n_samples")
