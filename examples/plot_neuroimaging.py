@@ -27,7 +27,7 @@ from sklearn.pipeline import make_pipeline
 from nidl_vae import CVAE, VAE
 
 FAST = bool(os.environ.get("NIDL_VAE_FAST_EXAMPLES"))
-EPOCHS = 3 if FAST else 200
+EPOCHS = 3 if FAST else 100
 rng = np.random.default_rng(0)
 
 # %%
