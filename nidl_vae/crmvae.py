@@ -189,6 +189,17 @@ class CRMVAEModule(BaseVAEModule):
         return total / len(eps)
 
 
+def _require_any(observed: np.ndarray, problem: str, fix: str) -> np.ndarray:
+    """``observed`` (n_rows, M), or a ValueError naming the first row that has no modality."""
+    empty = np.flatnonzero(~observed.any(1))
+    if len(empty):
+        raise ValueError(
+            f"Row {empty[0]} (and {len(empty) - 1} other rows) {problem}: there is nothing to "
+            f"encode it from. {fix}"
+        )
+    return observed
+
+
 class CRMVAE(VAE):
     """Multimodal VAE that trains and predicts with missing modalities (Suzuki & Matsuo, 2023).
 
@@ -392,14 +403,9 @@ class CRMVAE(VAE):
                     "values within the block (e.g. SimpleImputer), or blank the whole block."
                 )
             observed.append(n_nan == 0)
-        observed = np.stack(observed, 1)
-        empty = np.flatnonzero(~observed.any(1))
-        if len(empty):
-            raise ValueError(
-                f"Row {empty[0]} (and {len(empty) - 1} other rows) has every modality missing "
-                "(all NaN): there is nothing to encode. Drop those rows."
-            )
-        return observed
+        return _require_any(
+            np.stack(observed, 1), "has every modality missing (all NaN)", "Drop those rows."
+        )
 
     def _prepare(self, X, reset: bool) -> tuple[np.ndarray, np.ndarray]:
         """Validated X with missing blocks zero-filled, and the observed-modality mask."""
@@ -556,18 +562,12 @@ class CRMVAE(VAE):
         """
         X, observed = self._prepare(X, reset=False)
         if modalities is not None:
-            observed = self._require_any(observed & self._select(modalities, "modalities"))
-        return self._encode([X, observed], X.dtype)
-
-    @staticmethod
-    def _require_any(observed: np.ndarray, what: str = "the chosen modalities") -> np.ndarray:
-        empty = np.flatnonzero(~observed.any(1))
-        if len(empty):
-            raise ValueError(
-                f"Row {empty[0]} (and {len(empty) - 1} other rows) has none of {what}: "
-                "there is nothing to encode it from. Choose modalities it has."
+            observed = _require_any(
+                observed & self._select(modalities, "modalities"),
+                "has none of the chosen modalities",
+                "Choose modalities it has.",
             )
-        return observed
+        return self._encode([X, observed], X.dtype)
 
     def impute(self, X, n_draws: int | None = 100):
         """Fill each row's missing modalities from the ones it has.
