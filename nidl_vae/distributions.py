@@ -44,7 +44,11 @@ def bernoulli_log_prob(x: Tensor, logits: Tensor) -> Tensor:
 
     Computed from logits (never from probabilities) for numerical stability.
     """
-    return -F.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(-1)
+    # unlike the other families, this torch function does not broadcast (x is (B, F) when the
+    # logits are (K, B, F), K latent draws per row)
+    return -F.binary_cross_entropy_with_logits(logits, x.expand_as(logits), reduction="none").sum(
+        -1
+    )
 
 
 def categorical_log_prob(x: Tensor, logits: Tensor) -> Tensor:

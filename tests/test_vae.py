@@ -320,3 +320,14 @@ def test_gpu_fit_and_cpu_load(small_X):
     restored = pickle.loads(buffer.getvalue())
     assert next(restored.module_.parameters()).device.type == "cpu"
     assert_allclose(restored.transform(small_X), vae.transform(small_X), atol=1e-4)
+
+
+def test_bernoulli_scores_decode_many_draws_per_row():
+    # regression: the Bernoulli log-likelihood did not broadcast over the K latent draws, so
+    # score_samples and log_likelihood raised for decoder_dist='bernoulli'
+    X = np.random.default_rng(0).uniform(size=(50, 6))
+    vae = VAE(decoder_dist="bernoulli", max_epochs=20, random_state=0).fit(X)
+    elbo = vae.score_samples(X, n_draws=20)
+    iw = vae.log_likelihood(X, n_importance=200)
+    assert np.isfinite(elbo).all() and elbo.shape == (50,)
+    assert iw.mean() > elbo.mean()
