@@ -34,7 +34,7 @@ from torch import Tensor, nn
 
 from .base import BaseVAEEstimator, draw_seed, private_copy
 from .data import as_tensor
-from .distributions import DecoderLikelihood, learned_scale_start
+from .distributions import DECODER_DISTS, DecoderLikelihood, check_data_fits, learned_scale_start
 from .module import DECODE_CHUNK_ROWS, BaseVAEModule, over_draws
 from .networks import GaussianEncoder, mlp, output_width
 from .objectives import (
@@ -46,8 +46,6 @@ from .objectives import (
     standard_normal_log_density,
 )
 from .vae import VAE, _check_positive_int
-
-CRMVAE_DECODER_DISTS = ("normal", "laplace", "bernoulli", "categorical")
 
 
 class CRMVAEModule(BaseVAEModule):
@@ -120,7 +118,8 @@ class CRMVAEModule(BaseVAEModule):
         reconstruction = x.new_zeros(len(x))
         kl = gaussian_kl(mu_joint, logvar_joint)
         for m in range(len(self.blocks)):
-            nll = -self.modality_log_prob(x, z_joint, m) - self.modality_log_prob(x, z_single[m], m)
+            # the joint and the unimodal draw go through the decoder in one pass
+            nll = -self.modality_log_prob(x, torch.stack([z_joint, z_single[m]]), m).sum(0)
             reconstruction = reconstruction + torch.where(
                 observed[m], self.rescale_factors[m] * nll, 0.0
             )
@@ -292,7 +291,7 @@ class CRMVAE(VAE):
         "encoders": [dict, None],
         "decoders": [dict, None],
         "hidden_layer_sizes": [tuple, list],
-        "decoder_dist": [StrOptions(set(CRMVAE_DECODER_DISTS)), dict],
+        "decoder_dist": [StrOptions(set(DECODER_DISTS)), dict],
         "decoder_scale": [*BaseVAEEstimator._scale_constraint, dict],
         "uses_likelihood_rescaling": ["boolean"],
         "rescale_factors": [dict, None],
@@ -450,10 +449,8 @@ class CRMVAE(VAE):
         self._scales = self._per_modality("decoder_scale", "learned")
         for name, dist in self._dists.items():
             scale = self._scales[name]
-            if dist not in CRMVAE_DECODER_DISTS:
-                raise ValueError(
-                    f"decoder_dist[{name!r}]={dist!r}; choose from {CRMVAE_DECODER_DISTS}."
-                )
+            if dist not in DECODER_DISTS:
+                raise ValueError(f"decoder_dist[{name!r}]={dist!r}; choose from {DECODER_DISTS}.")
             if scale != "learned" and not (isinstance(scale, Real) and scale > 0):
                 raise ValueError(
                     f"decoder_scale[{name!r}]={scale!r}; give a positive float or 'learned'."
@@ -462,23 +459,21 @@ class CRMVAE(VAE):
         for m, (name, (start, stop)) in enumerate(self.modalities_.items()):
             if not observed[:, m].any():
                 raise ValueError(f"Modality {name!r} is missing in every row: nothing to learn.")
-            block = X[observed[:, m], start:stop]
-            if self._dists[name] in ("bernoulli", "categorical") and (
-                block.min() < 0 or block.max() > 1
-            ):
-                raise ValueError(
-                    f"decoder_dist={self._dists[name]!r} for modality {name!r} needs values in "
-                    f"[0, 1]; got [{block.min():.3g}, {block.max():.3g}]. Scale them or use "
-                    "'normal'."
-                )
-        self._check_networks("encoders")
-        self._check_networks("decoders")
+            check_data_fits(
+                X[observed[:, m], start:stop],
+                self._dists[name],
+                "values",
+                f" for modality {name!r}",
+            )
+        self._encoders = self._networks("encoders")
+        self._decoders = self._networks("decoders")
         seed = draw_seed(self.random_state)
         self._fit_dtype = X.dtype
         self._set_fitted(self._train((as_tensor(X), as_tensor(observed)), seed), seed)
         return self
 
-    def _check_networks(self, param: str) -> None:
+    def _networks(self, param: str) -> dict:
+        """The user's module (or None, for the default MLP) of each modality, checked."""
         modules = self._per_modality(param, None)
         wrong = [
             name
@@ -487,6 +482,7 @@ class CRMVAE(VAE):
         ]
         if wrong:
             raise ValueError(f"{param}[{wrong[0]!r}] must be a torch nn.Module.")
+        return modules
 
     def _resolve_rescale_factors(self) -> dict:
         widths = {name: stop - start for name, (start, stop) in self.modalities_.items()}
@@ -510,17 +506,17 @@ class CRMVAE(VAE):
     def _build_module(self, tensors: tuple[Tensor, ...]) -> CRMVAEModule:
         X, observed = tensors
         hidden = tuple(self.hidden_layer_sizes)
-        encoders = self._per_modality("encoders", None)
-        decoders = self._per_modality("decoders", None)
         experts, decoder_nets, likelihoods = [], [], []
         for m, (name, (start, stop)) in enumerate(self.modalities_.items()):
             width = stop - start
             block = X[observed[:, m].bool(), start:stop]
-            backbone = private_copy(encoders[name]) or mlp(width, hidden)
+            backbone = private_copy(self._encoders[name]) or mlp(width, hidden)
             experts.append(
                 GaussianEncoder(backbone, output_width(backbone, block[:2]), self.latent_dim)
             )
-            decoder = private_copy(decoders[name]) or mlp(self.latent_dim, hidden[::-1], width)
+            decoder = private_copy(self._decoders[name]) or mlp(
+                self.latent_dim, hidden[::-1], width
+            )
             out = output_width(decoder, torch.zeros(2, self.latent_dim))
             if out != width:
                 raise ValueError(

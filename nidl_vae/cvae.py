@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from .base import draw_seed, private_copy
 from .data import as_tensor
+from .distributions import DECODER_DISTS, check_data_fits
 from .networks import GaussianEncoder, mlp, output_width
 from .objectives import reparameterize
 from .vae import VAE
@@ -84,7 +85,7 @@ class CVAE(VAE):
     _parameter_constraints: dict = {
         **VAE._parameter_constraints,
         "prior_network": [StrOptions({"mlp"}), nn.Module, None],
-        "decoder_dist": [StrOptions({"normal", "laplace", "bernoulli", "categorical"})],
+        "decoder_dist": [StrOptions(set(DECODER_DISTS))],
     }
 
     def __init__(
@@ -214,7 +215,7 @@ class CVAE(VAE):
             y_numeric=False,
         )
         C = self._encode_conditions(y, len(X), reset=True)
-        self._check_data_fits_likelihood(X)
+        check_data_fits(X, self.decoder_dist)
         seed = draw_seed(self.random_state)
         self._fit_dtype = X.dtype
         self._set_fitted(self._train((as_tensor(X), as_tensor(C)), seed), seed)

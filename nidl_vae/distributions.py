@@ -7,11 +7,13 @@ likelihoods are either fixed or learned per feature (:class:`DecoderLikelihood`)
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-DECODER_DISTS = ("normal", "laplace", "bernoulli")
+# every family; the VAE leaves out "categorical", which needs one-hot rows
+DECODER_DISTS = ("normal", "laplace", "bernoulli", "categorical")
 # A learned scale starts at this fraction of the features' root-mean-square standard deviation.
 # Measured on digits in [0, 1], whose RMS standard deviation is 0.27 (VAE, 100 epochs): a start
 # at 1 collapses the posterior to 4 active latent dimensions (0.83 accuracy of a classifier on
@@ -54,6 +56,16 @@ def bernoulli_log_prob(x: Tensor, logits: Tensor) -> Tensor:
 def categorical_log_prob(x: Tensor, logits: Tensor) -> Tensor:
     """:math:`\\sum_c x_c \\log \\mathrm{softmax}(l)_c` for one-hot (or probability) targets."""
     return (x * torch.log_softmax(logits, dim=-1)).sum(-1)
+
+
+def check_data_fits(values: np.ndarray, dist: str, what: str = "X", where: str = "") -> None:
+    """A ValueError, before training, when a family read from logits gets values outside [0, 1]."""
+    if dist in ("bernoulli", "categorical") and (values.min() < 0 or values.max() > 1):
+        raise ValueError(
+            f"decoder_dist={dist!r}{where} needs {what} in [0, 1]; got values in "
+            f"[{values.min():.3g}, {values.max():.3g}]. Scale the data (e.g. MinMaxScaler) or "
+            "use 'normal'."
+        )
 
 
 def learned_scale_start(X: Tensor) -> float:

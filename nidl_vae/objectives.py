@@ -90,11 +90,6 @@ def product_of_experts(mu: Tensor, logvar: Tensor, observed: Tensor) -> tuple[Te
     return mu_joint, -torch.logsumexp(log_precision, dim=0)
 
 
-def negative_elbo(log_likelihood: Tensor, kl: Tensor, beta: float = 1.0) -> Tensor:
-    """Per-sample beta-VAE loss :math:`-\\log p(x|z) + \\beta\\, KL(q \\| p)`."""
-    return -log_likelihood + beta * kl
-
-
 def importance_weighted_log_likelihood(log_weights: Tensor) -> Tensor:
     """Importance-weighted estimate of :math:`\\log p(x)` from K log weights.
 

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from .base import BaseVAEEstimator, draw_seed, private_copy
 from .data import as_tensor
-from .distributions import DecoderLikelihood, learned_scale_start
+from .distributions import DecoderLikelihood, check_data_fits, learned_scale_start
 from .module import BaseVAEModule, over_draws
 from .networks import GaussianEncoder, mlp, output_width
 from .objectives import (
@@ -340,18 +340,11 @@ class VAE(BaseVAEEstimator):
     def _fit(self, X) -> "VAE":
         self._check_trainer_params()
         X = self._validate_X(X, reset=True)
-        self._check_data_fits_likelihood(X)
+        check_data_fits(X, self.decoder_dist)
         seed = draw_seed(self.random_state)
         self._fit_dtype = X.dtype
         self._set_fitted(self._train((as_tensor(X),), seed), seed)
         return self
-
-    def _check_data_fits_likelihood(self, X: np.ndarray) -> None:
-        if self.decoder_dist in ("bernoulli", "categorical") and (X.min() < 0 or X.max() > 1):
-            raise ValueError(
-                f"decoder_dist={self.decoder_dist!r} needs X in [0, 1]; got values in "
-                f"[{X.min():.3g}, {X.max():.3g}]. Scale X (e.g. MinMaxScaler) or use 'normal'."
-            )
 
     def _build_module(self, tensors: tuple[Tensor, ...]) -> VAEModule:
         X = tensors[0]
