@@ -287,7 +287,7 @@ def test_imputed_halves_match_knn_imputer_and_missing_training_rows_cost_little(
     # One fit's squared error varies by about 5% with the seed (even with float rounding),
     # as much as the gap to KNNImputer: the claim is about seeds 0-2 on average. Measured
     # (benchmarks/bench_crmvae_imputation.py --seeds 0 1 2): left half from the right,
-    # squared error 0.0305 vs 0.0317 and recognition 0.903 vs 0.900; right from left, 0.0392
+    # squared error 0.0304 vs 0.0317 and recognition 0.904 vs 0.900; right from left, 0.0385
     # vs 0.0390 and 0.888 vs 0.893. A tie on recognition, not yet a win on every half.
     X_train, X_test, y_test, classifier = halves_split
     knn = _imputation_quality(KNNImputer().fit(X_train).transform, X_test, y_test, classifier)
