@@ -34,7 +34,7 @@ from torch import Tensor, nn
 
 from .base import BaseVAEEstimator, draw_seed, private_copy
 from .data import as_tensor
-from .distributions import DECODER_DISTS, DecoderLikelihood, check_data_fits, learned_scale_start
+from .distributions import DECODER_DISTS, DecoderLikelihood, check_data_fits, data_scale
 from .module import DECODE_CHUNK_ROWS, BaseVAEModule, over_draws
 from .networks import GaussianEncoder, mlp, output_width
 from .objectives import (
@@ -525,9 +525,7 @@ class CRMVAE(VAE):
                 )
             decoder_nets.append(decoder)
             likelihoods.append(
-                DecoderLikelihood(
-                    self._dists[name], self._scales[name], width, learned_scale_start(block)
-                )
+                DecoderLikelihood(self._dists[name], self._scales[name], width, data_scale(block))
             )
         return CRMVAEModule(
             encoders=experts,

@@ -14,15 +14,15 @@ from torch import Tensor, nn
 
 # every family; the VAE leaves out "categorical", which needs one-hot rows
 DECODER_DISTS = ("normal", "laplace", "bernoulli", "categorical")
-# A learned scale starts at this fraction of the features' root-mean-square standard deviation.
-# Measured on digits in [0, 1], whose RMS standard deviation is 0.27 (VAE, 100 epochs): a start
-# at 1 collapses the posterior to 4 active latent dimensions (0.83 accuracy of a classifier on
-# the latents); a start at 0.1 keeps all 10 (0.91, the best ELBO); a start at 0.027 keeps them
-# but ends with an ELBO 100 nats worse.
+# A learned scale starts at, and may not fall below, these fractions of the features'
+# root-mean-square standard deviation, so that neither depends on the data's units.
+# ``python benchmarks/bench_decoder_scale.py`` measures both choices.
+# The floor: a feature that is (almost) constant in the training data drives its own scale
+# towards zero, its likelihood towards infinity and the loss's gradient towards that feature;
+# an absolute floor of 1e-3 let the constant border pixels of digits reach 0.004 and left the
+# CRMVAE's cross-modal imputation worse than KNNImputer's.
 LEARNED_SCALE_START = 0.4
-# A learned scale may not fall below this: features that are constant in the training data
-# would otherwise drive it to zero and the likelihood to infinity.
-MIN_LEARNED_SCALE = 1e-3
+LEARNED_SCALE_FLOOR = 0.1
 
 
 def normal_log_prob(x: Tensor, loc: Tensor, scale: Tensor | float) -> Tensor:
@@ -68,10 +68,11 @@ def check_data_fits(values: np.ndarray, dist: str, what: str = "X", where: str =
         )
 
 
-def learned_scale_start(X: Tensor) -> float:
-    """Starting value of a learned scale: ``LEARNED_SCALE_START`` times the root-mean-square
-    of the features' standard deviations, so the start does not depend on the data's units."""
-    return LEARNED_SCALE_START * float(X.double().var(0).mean().sqrt())
+def data_scale(X: Tensor) -> float:
+    """Root-mean-square of the features' standard deviations: the unit that a learned scale's
+    start and floor are expressed in (1 when every feature is constant)."""
+    rms = float(X.double().var(0).mean().sqrt())
+    return rms if rms > 0 else 1.0
 
 
 class DecoderLikelihood(nn.Module):
@@ -83,33 +84,31 @@ class DecoderLikelihood(nn.Module):
         The family. 'bernoulli' and 'categorical' read the decoder output as logits.
     scale : float or 'learned'
         Scale of 'normal' (standard deviation) and 'laplace' (diversity). 'learned' makes it a
-        per-feature parameter, initialised at 1 and floored at ``MIN_LEARNED_SCALE``; ignored
-        for the other families.
+        per-feature parameter, starting at ``LEARNED_SCALE_START * unit`` and floored at
+        ``LEARNED_SCALE_FLOOR * unit``; ignored for the other families.
     n_features : int
         Number of features, the size of a learned scale.
-    init_scale : Tensor or float, default=1.0
-        Starting value of a learned scale (see :func:`learned_scale_start`).
+    unit : float, default=1.0
+        The data's scale, :func:`data_scale` of the training data.
     """
 
-    def __init__(
-        self, dist: str, scale: float | str, n_features: int, init_scale: Tensor | float = 1.0
-    ):
+    def __init__(self, dist: str, scale: float | str, n_features: int, unit: float = 1.0):
         super().__init__()
         self.dist = dist
         self.has_scale = dist in ("normal", "laplace")
         self.learned = self.has_scale and scale == "learned"
         if self.learned:
-            init = torch.as_tensor(init_scale, dtype=torch.float32).expand(n_features)
-            init = init.clamp_min(2 * MIN_LEARNED_SCALE) - MIN_LEARNED_SCALE
-            # inverse softplus, so that softplus(raw) + floor == init_scale
-            self.raw_scale = nn.Parameter(init + torch.log(-torch.expm1(-init)))
+            self.min_scale = LEARNED_SCALE_FLOOR * unit
+            excess = torch.full((n_features,), (LEARNED_SCALE_START - LEARNED_SCALE_FLOOR) * unit)
+            # inverse softplus, so that softplus(raw) + floor is the start
+            self.raw_scale = nn.Parameter(excess + torch.log(-torch.expm1(-excess)))
         else:
             self.fixed_scale = float(scale) if self.has_scale else None
 
     def scale(self) -> Tensor | float | None:
         """The current scale (a tensor when learned)."""
         if self.learned:
-            return F.softplus(self.raw_scale) + MIN_LEARNED_SCALE
+            return F.softplus(self.raw_scale) + self.min_scale
         return self.fixed_scale
 
     def log_prob(self, x: Tensor, out: Tensor) -> Tensor:

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from .base import BaseVAEEstimator, draw_seed, private_copy
 from .data import as_tensor
-from .distributions import DecoderLikelihood, check_data_fits, learned_scale_start
+from .distributions import DecoderLikelihood, check_data_fits, data_scale
 from .module import BaseVAEModule, over_draws
 from .networks import GaussianEncoder, mlp, output_width
 from .objectives import (
@@ -201,7 +201,7 @@ class VAE(BaseVAEEstimator):
     decoder_scale : float or 'learned', default='learned'
         Scale of 'normal' and 'laplace'. 'learned' (default) learns one scale per feature,
         starting at 0.4 times the features' root-mean-square standard deviation and
-        floored at 1e-3. A fixed scale too large for the data (1.0 on data in [0, 1], MultiVae's
+        floored at 0.1 times it. A fixed scale too large for the data (1.0 on data in [0, 1], MultiVae's
         default) collapses the posterior: the KL falls to almost 0 and the latents carry
         nothing.
     stochastic_transform : bool, default=False
@@ -368,7 +368,7 @@ class VAE(BaseVAEEstimator):
             encoder=GaussianEncoder(backbone, out_dim, self.latent_dim, n_cond),
             decoder=decoder,
             likelihood=DecoderLikelihood(
-                self.decoder_dist, self.decoder_scale, n_features, learned_scale_start(X)
+                self.decoder_dist, self.decoder_scale, n_features, data_scale(X)
             ),
             beta=self.beta,
             lr=self.lr,

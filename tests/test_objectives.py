@@ -8,10 +8,12 @@ import torch
 from numpy.testing import assert_allclose
 
 from nidl_vae.distributions import (
-    MIN_LEARNED_SCALE,
+    LEARNED_SCALE_FLOOR,
+    LEARNED_SCALE_START,
     DecoderLikelihood,
     bernoulli_log_prob,
     categorical_log_prob,
+    data_scale,
     laplace_log_prob,
     normal_log_prob,
 )
@@ -111,12 +113,15 @@ def test_product_of_experts_is_finite_for_extreme_variances_and_masked_infinitie
     assert mu.grad.tolist() == [[[1.0]], [[0.0]]] and logvar.grad[1].item() == 0.0
 
 
-def test_learned_scale_starts_at_its_initial_value_and_has_a_floor():
-    lik = DecoderLikelihood("normal", "learned", 3, init_scale=t([0.5, 1.0, 0.0]))
-    assert_allclose(lik.scale().detach().numpy(), [0.5, 1.0, 2 * MIN_LEARNED_SCALE], rtol=1e-5)
+def test_learned_scale_starts_and_is_floored_in_the_data_unit():
+    unit = data_scale(t([[0.0, 1.0, 5.0], [0.0, 3.0, 1.0], [0.0, 5.0, 3.0]]))
+    assert unit == pytest.approx(math.sqrt((0 + 4 + 4) / 3))  # RMS of the column SDs
+    assert data_scale(t([[2.0, 2.0], [2.0, 2.0]])) == 1.0  # constant data: unit 1
+    lik = DecoderLikelihood("normal", "learned", 3, unit=unit)
+    assert_allclose(lik.scale().detach().numpy(), [LEARNED_SCALE_START * unit] * 3, rtol=1e-5)
     with torch.no_grad():
         lik.raw_scale.fill_(-100.0)
-    assert lik.scale().min().item() >= MIN_LEARNED_SCALE
+    assert_allclose(lik.scale().detach().numpy(), [LEARNED_SCALE_FLOOR * unit] * 3, rtol=1e-5)
     fixed = DecoderLikelihood("laplace", 0.3, 3)
     assert fixed.scale() == 0.3 and not list(fixed.parameters())
 
