@@ -256,8 +256,8 @@ class CRMVAE(VAE):
     larger than the VAE's: measured on digits split into left and right halves (1257 training
     rows), VAE-sized defaults (10, (256, 128), 1e-3, 100 epochs) impute a half with a squared
     error 10-17% above scikit-learn's ``KNNImputer`` and a recognition rate 1-5 points below;
-    these defaults reach a squared error 3-5% below it and the same recognition rate
-    (``tests/test_crmvae.py``).
+    these defaults reach a squared error 1-4% below it and a recognition rate at least as high
+    (``benchmarks/bench_crmvae_imputation.py``, ``tests/test_crmvae.py``).
 
     Attributes
     ----------
@@ -570,7 +570,7 @@ class CRMVAE(VAE):
         :math:`\\mathbb{E}_{q_J(z|x_{\\mathrm{observed}})} \\mathbb{E}[x_m | z]`, averaged over
         K seeded posterior draws; observed values are returned unchanged. Averaging draws
         (rather than decoding the posterior mean) is what minimises the squared error: on
-        digit halves it lowers it by 3-5%.
+        digit halves it lowers it by 5%.
 
         Parameters
         ----------

@@ -18,9 +18,8 @@ DECODER_DISTS = ("normal", "laplace", "bernoulli", "categorical")
 # root-mean-square standard deviation, so that neither depends on the data's units.
 # ``python benchmarks/bench_decoder_scale.py`` measures both choices.
 # The floor: a feature that is (almost) constant in the training data drives its own scale
-# towards zero, its likelihood towards infinity and the loss's gradient towards that feature;
-# an absolute floor of 1e-3 let the constant border pixels of digits reach 0.004 and left the
-# CRMVAE's cross-modal imputation worse than KNNImputer's.
+# towards zero and its likelihood towards infinity (an absolute floor of 1e-3 let the border
+# pixels of digits reach 0.004), so the loss rewards nats that carry no information.
 LEARNED_SCALE_START = 0.4
 LEARNED_SCALE_FLOOR = 0.1
 

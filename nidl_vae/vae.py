@@ -201,9 +201,9 @@ class VAE(BaseVAEEstimator):
     decoder_scale : float or 'learned', default='learned'
         Scale of 'normal' and 'laplace'. 'learned' (default) learns one scale per feature,
         starting at 0.4 times the features' root-mean-square standard deviation and
-        floored at 0.1 times it. A fixed scale too large for the data (1.0 on data in [0, 1], MultiVae's
-        default) collapses the posterior: the KL falls to almost 0 and the latents carry
-        nothing.
+        floored at 0.1 times it. A fixed scale too large for the data (1.0 on data in
+        [0, 1], MultiVae's default) collapses the posterior: the KL falls to almost 0 and the
+        latents carry nothing.
     stochastic_transform : bool, default=False
         If True, ``transform`` returns one draw from :math:`q(z|x)` (seeded, the same at every
         call) instead of its mean.
