@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from .base import BaseVAEEstimator, draw_seed, private_copy
 from .data import as_tensor
 from .distributions import DECODER_DISTS, DecoderLikelihood, check_data_fits, data_scale
-from .module import DECODE_CHUNK_ROWS, BaseVAEModule, over_draws
+from .module import BaseVAEModule, over_draws
 from .networks import GaussianEncoder, mlp, output_width
 from .objectives import (
     gaussian_kl,
@@ -181,11 +181,13 @@ class CRMVAEModule(BaseVAEModule):
         """:math:`\\frac1K \\sum_k \\mathbb{E}[x | z_k]`, :math:`z_k \\sim q_J`: every
         modality's mean under the joint posterior, from the K shared noise draws ``eps``."""
         mu, logvar = self.transform_step(batch)
-        total = 0.0
-        for noise in eps.split(max(1, DECODE_CHUNK_ROWS // len(mu))):
-            z = reparameterize(mu, logvar, noise[:, None, :])
-            total = total + self.decode_step((z.flatten(0, 1),)).unflatten(0, z.shape[:2]).sum(0)
-        return total / len(eps)
+        z = reparameterize(mu, logvar, eps[:, None, :])
+
+        def chunk_sum(chunk: Tensor) -> Tensor:
+            decoded = self.decode_step((chunk.flatten(0, 1),)).unflatten(0, chunk.shape[:2])
+            return decoded.sum(0, keepdim=True)
+
+        return over_draws(chunk_sum, z).sum(0) / len(eps)
 
 
 def _require_any(observed: np.ndarray, problem: str, fix: str) -> np.ndarray:

@@ -263,7 +263,9 @@ class CVAE(VAE):
         """
         Z = self._validate_Z(Z)
         if y is None:
-            raise ValueError(_NO_Y_IN_TRANSFORM.format(name="CVAE", method="inverse_transform"))
+            raise ValueError(
+                _NO_Y_IN_TRANSFORM.format(name=type(self).__name__, method="inverse_transform")
+            )
         C = self._encode_conditions(y, len(Z), reset=False)
         return self._to_numpy(self._infer("decode_step", [Z, C], dtype=Z.dtype), Z.dtype)
 

@@ -23,8 +23,9 @@ DECODE_CHUNK_ROWS = 65536
 def over_draws(fn: Callable[[Tensor], Tensor], z: Tensor) -> Tensor:
     """Apply ``fn`` to latent draws ``z`` of shape (K, B, D) a chunk of draws at a time.
 
-    ``fn`` maps a chunk (k, B, D) to (k, B); the chunks keep at most ``DECODE_CHUNK_ROWS``
-    decoded rows in memory, so K x B can be large.
+    ``fn`` maps a chunk (k, B, D) to a tensor, (k, B) or a per-chunk reduction; the results
+    are concatenated. The chunks keep at most ``DECODE_CHUNK_ROWS`` decoded rows in memory,
+    so K x B can be large.
     """
     step = max(1, DECODE_CHUNK_ROWS // z.shape[1])
     return torch.cat([fn(chunk) for chunk in z.split(step)])
