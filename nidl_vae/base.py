@@ -1,12 +1,19 @@
-"""The one scikit-learn estimator base of every model: parameters, validation, seeding,
+"""The one scikit-learn estimator base of every model: parameters, fitting, seeding,
 training with a quiet Lightning Trainer, history, batched inference and pickling.
 
-Nothing here knows a model's math: a model supplies ``_build_module`` (its LightningModule) and
-its public methods, and calls ``_train`` and ``_infer``.
+Nothing here knows a model's math. A model (``VAE``, ``CVAE``, ``CRMVAE``, siblings that never
+subclass one another) writes three hooks: ``_training_rows`` validates the input and returns
+the rows to train on, ``_build_module`` builds its LightningModule from them, and
+``_inference_rows`` validates input at prediction time. ``fit`` is written once, here.
 """
 
 import copy
+import signal
 import tempfile
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from numbers import Integral, Real
 
 import numpy as np
@@ -14,14 +21,90 @@ import pytorch_lightning as pl
 import torch
 from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
 from sklearn.utils._param_validation import Interval, StrOptions
-from sklearn.utils.validation import check_is_fitted, check_random_state, validate_data
-from torch import nn
+from sklearn.utils.validation import (
+    _check_feature_names,
+    _check_n_features,
+    check_array,
+    check_is_fitted,
+    check_random_state,
+    validate_data,
+)
 
-from .data import iter_batches, make_loader
-from .module import BaseVAEModule
-from .training import RESERVED_TRAINER_ARGS, build_trainer, quiet_lightning
+from . import data
+from .data import Moments, Rows, is_streamed, make_loader, moments, pad_rows
+from .module import draws_per_chunk, nan_message
+from .training import build_trainer, interrupted, quiet_lightning
 
 FLOAT_DTYPES = (np.float64, np.float32)
+# optimizer steps the default budget (max_epochs='auto') aims for, and its bounds in epochs;
+# ``python benchmarks/bench_scale.py --defaults`` measures the choice on digits and on a wide
+# cohort of few subjects
+AUTO_STEPS = 2000
+AUTO_EPOCHS = (100, 2000)
+
+# Documentation of the parameters every estimator shares, written once and filled into the
+# three class docstrings (where ``<shared:name>`` stands).
+SHARED_DOCS = {
+    "training": """stochastic_transform : bool, default=False
+        If True, ``transform`` returns one draw from the posterior (seeded, the same at every
+        call) instead of its mean.
+    weight_decay : float, default=0.0
+        Adam's L2 penalty.
+    batch_size : int or 'auto', default='auto'
+        Rows per training step. 'auto' is ``min(128, max(16, n_samples // 10))``: about ten
+        steps per epoch on a few hundred subjects, 128 rows on larger data.
+    max_epochs : int or 'auto', default='auto'
+        Passes over the data. 'auto' gives training about 2,000 optimizer steps, at least 100
+        and at most 2,000 epochs: 100 epochs on scikit-learn's digits, about 400 on 500
+        subjects. A fixed number of epochs is what stops short on few subjects.
+    early_stopping : bool, default=False
+        Hold out ``validation_fraction`` of the rows, stop when their loss has not improved for
+        ``n_iter_no_change`` epochs, and keep the weights of the best epoch.
+    validation_fraction : float, default=0.1
+        Fraction of the rows held out for early stopping.
+    n_iter_no_change : int, default=10
+        Epochs without improvement of the held-out loss before early stopping.
+    accelerator : str or Accelerator, default='auto'
+        Lightning accelerator: 'auto' uses a GPU when there is one.
+    devices : int, str or list, default=1
+        Lightning devices. Several devices start a distributed strategy.
+    precision : str or int, default='32-true'
+        Lightning precision, e.g. 'bf16-mixed' on GPUs.
+    trainer_params : dict, default=None
+        Any other ``pytorch_lightning.Trainer`` argument (logger, callbacks, strategy,
+        gradient_clip_val, default_root_dir, ...). Without ``default_root_dir``, the Trainer's
+        root is a temporary directory removed after fit. Callbacks are copied at every fit, so
+        a refit starts them afresh.
+    verbose : bool, default=False
+        Show a progress bar with the loss, and Lightning's messages. Otherwise nothing is
+        printed.
+    random_state : int, RandomState instance or None, default=None
+        Seeds weight initialisation, shuffling, the validation split, training noise and the
+        draws of ``score``, ``log_likelihood``, ``sample`` and a stochastic ``transform``, all
+        from generators the estimator owns: global generators are never touched and fits in
+        parallel threads give the results of serial fits. None draws fresh entropy.""",
+    "input": """X may be an array or DataFrame held in memory, an array that slices rows where it
+    lies (``np.memmap``, an h5py or zarr dataset) or a ``torch.utils.data.Dataset`` whose items
+    are single samples: data on disk is read a batch of rows at a time, never copied whole.""",
+    "attributes": """module_ : LightningModule
+        The trained module (eval mode, on the training device).
+    history_ : dict of list of float
+        Per-epoch means of 'loss', 'reconstruction' and 'kl' (nats), and 'val_*' with early
+        stopping.
+    n_iter_ : int
+        Epochs run.
+    n_features_in_ : int
+        Number of features seen in fit.
+    feature_names_in_ : ndarray of str
+        Only when X has string column names.""",
+}
+
+
+def fill_shared_docs(cls):
+    """Put the shared parameter documentation in a class's docstring."""
+    for name, text in SHARED_DOCS.items():
+        cls.__doc__ = cls.__doc__.replace(f"<shared:{name}>", text)
+    return cls
 
 
 def draw_seed(random_state) -> int:
@@ -37,26 +120,34 @@ def draw_seed(random_state) -> int:
     return int(check_random_state(random_state).randint(np.iinfo(np.int32).max))
 
 
-def _concat(outputs: list):
-    """Concatenate per-batch outputs (tensors, or tuples of tensors) on the CPU."""
-    if isinstance(outputs[0], tuple):
-        return tuple(torch.cat(parts).cpu() for parts in zip(*outputs, strict=True))
-    return torch.cat(outputs).cpu()
+def check_positive_int(value, name: str) -> None:
+    """A ValueError unless ``value`` is a positive integer (booleans are not integers here)."""
+    if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
+        raise ValueError(f"{name} must be a positive integer; got {value!r}.")
 
 
-def _as_float_tensor(array, dtype: torch.dtype) -> torch.Tensor:
-    if isinstance(array, torch.Tensor):
-        return array.to(dtype)
-    if not array.flags.writeable:  # torch warns on read-only (e.g. memory-mapped) arrays
-        array = array.copy()
-    return torch.from_numpy(array).to(dtype)
+def check_layer_sizes(sizes, name: str = "hidden_layer_sizes") -> tuple[int, ...]:
+    sizes = tuple(sizes)
+    for width in sizes:
+        if isinstance(width, bool) or not isinstance(width, Integral) or width < 1:
+            raise ValueError(
+                f"{name} must hold positive integers (layer widths); got {sizes!r}. A layer of "
+                "0 units would make the latents constant."
+            )
+    return sizes
 
 
-def _cuda_devices() -> list[int]:
-    return list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+def private_copy(module):
+    """A private copy of a user's module, so fitting never trains the parameter itself."""
+    return None if module is None else copy.deepcopy(module)
 
 
-class BaseVAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
+def _cuda_free_bytes(device: torch.device) -> int:
+    free, _ = torch.cuda.mem_get_info(device)
+    return free
+
+
+class BaseVAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator, ABC):
     """Base class of the VAE-family estimators. Not to be used directly.
 
     Fitted attributes set here: ``module_`` (the trained LightningModule, in eval mode, with
@@ -66,11 +157,13 @@ class BaseVAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
 
     _parameter_constraints: dict = {
         "latent_dim": [Interval(Integral, 1, None, closed="left")],
+        "hidden_layer_sizes": [tuple, list],
         "beta": [Interval(Real, 0, None, closed="left")],
+        "stochastic_transform": ["boolean"],
         "lr": [Interval(Real, 0, None, closed="neither")],
         "weight_decay": [Interval(Real, 0, None, closed="left")],
-        "batch_size": [Interval(Integral, 1, None, closed="left")],
-        "max_epochs": [Interval(Integral, 1, None, closed="left")],
+        "batch_size": [Interval(Integral, 1, None, closed="left"), StrOptions({"auto"})],
+        "max_epochs": [Interval(Integral, 1, None, closed="left"), StrOptions({"auto"})],
         "early_stopping": ["boolean"],
         "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
         "n_iter_no_change": [Interval(Integral, 1, None, closed="left")],
@@ -82,108 +175,236 @@ class BaseVAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         "random_state": ["random_state"],
     }
     _scale_constraint = [Interval(Real, 0, None, closed="neither"), StrOptions({"learned"})]
-    # batch size of transform, score and sampling: larger than training's, memory permitting
-    _inference_batch_size = 1024
+    _integer_params = ("latent_dim", "batch_size", "max_epochs", "n_iter_no_change")
+
+    # ------------------------------------------------------------------ model hooks
+    @abstractmethod
+    def _training_rows(self, X, y, **metadata) -> tuple[Rows, dict]:
+        """Validate the training input (setting ``n_features_in_`` and the model's own fitted
+        input attributes) and return the rows to train on and the statistics the module is
+        built from."""
+
+    @abstractmethod
+    def _build_module(self, rows: Rows, stats: dict, generator: torch.Generator, seed: int):
+        """The model's LightningModule, its layers initialised from ``generator``."""
 
     # ------------------------------------------------------------------ fitting
-    def _check_trainer_params(self) -> None:
-        reserved = sorted(set(self.trainer_params or {}) & set(RESERVED_TRAINER_ARGS))
+    def _fit(self, X, y=None, **metadata):
+        """The one fit of every model: validate, seed, build, train, store.
+
+        Every check runs before training starts; if anything fails the estimator is left as it
+        was before the call.
+        """
+        with self._restored_on_failure():
+            self._check_params()
+            rows, stats = self._training_rows(X, y, **metadata)
+            seed = draw_seed(self.random_state)
+            generator = torch.Generator().manual_seed(seed)
+            n = len(rows)
+            batch_size = self._batch_size(n)
+            train, val = self._split(rows, seed)
+            max_epochs = self._max_epochs(len(train), batch_size)
+            module = self._build_module(rows, {**stats, "max_epochs": max_epochs}, generator, seed)
+            module = self._train(module, train, val, batch_size, max_epochs, seed)
+            self.module_ = module
+            self.history_ = module.history()
+            self.n_iter_ = int(module.epochs_done)
+            self._seed = seed
+        return self
+
+    def _check_params(self) -> None:
+        for name in self._integer_params:
+            if isinstance(getattr(self, name, None), bool):
+                raise ValueError(f"{name} must be an integer, not a boolean; got {name}=True.")
+        check_layer_sizes(self.hidden_layer_sizes)
+        reserved = sorted(
+            set(self.trainer_params or {}) & {"max_epochs", "accelerator", "devices", "precision"}
+        )
         if reserved:
             raise ValueError(
                 f"trainer_params may not set {reserved}: they are estimator parameters, "
                 f"e.g. {type(self).__name__}({reserved[0]}=...)."
             )
+        callbacks = (self.trainer_params or {}).get("callbacks") or []
+        callbacks = [callbacks] if isinstance(callbacks, pl.Callback) else callbacks
+        if not isinstance(callbacks, (list, tuple)) or not all(
+            isinstance(c, pl.Callback) for c in callbacks
+        ):
+            raise ValueError(
+                "trainer_params['callbacks'] must be a list of pytorch_lightning Callback "
+                f"instances; got {callbacks!r}."
+            )
 
-    def _validate_X(self, X, reset: bool, **kwargs) -> np.ndarray:
-        if not reset:
-            check_is_fitted(self)
-        return validate_data(
-            self, X, reset=reset, dtype=FLOAT_DTYPES, ensure_min_samples=2 if reset else 1, **kwargs
-        )
+    def _batch_size(self, n: int) -> int:
+        if self.batch_size == "auto":
+            return min(128, max(16, n // 10))
+        return int(self.batch_size)
 
-    def _build_module(self, tensors: tuple[torch.Tensor, ...]) -> BaseVAEModule:
-        raise NotImplementedError
+    def _max_epochs(self, n_train: int, batch_size: int) -> int:
+        if self.max_epochs != "auto":
+            return int(self.max_epochs)
+        steps_per_epoch = -(-n_train // batch_size)
+        return int(np.clip(-(-AUTO_STEPS // steps_per_epoch), *AUTO_EPOCHS))
 
-    def _train(self, tensors: tuple[torch.Tensor, ...], seed: int) -> BaseVAEModule:
-        """Build the model's module from the training tensors and train it.
+    def _split(self, rows: Rows, seed: int) -> tuple[Rows, Rows | None]:
+        """The training rows and, with early stopping, the held-out validation rows."""
+        if not self.early_stopping:
+            return rows, None
+        n = len(rows)
+        n_val = int(round(self.validation_fraction * n))
+        if n_val < 1 or n - n_val < 1:
+            raise ValueError(
+                f"validation_fraction={self.validation_fraction} of {n} samples leaves "
+                f"{n_val} for validation and {n - n_val} for training; both need at least one. "
+                "Change validation_fraction, or set early_stopping=False."
+            )
+        perm = np.random.default_rng(seed).permutation(n)
+        return rows.subset(np.sort(perm[n_val:])), rows.subset(np.sort(perm[:n_val]))
 
-        Weight initialisation, shuffling, the validation split and the training noise are all
-        drawn from ``seed`` inside a forked RNG scope, so the user's global generators are left
-        as they were.
-        """
-        n = len(tensors[0])
-        with torch.random.fork_rng(devices=_cuda_devices()):
-            torch.manual_seed(seed)
-            module = self._build_module(tensors)
-            if self.early_stopping:
-                n_val = max(1, int(round(self.validation_fraction * n)))
-                if n - n_val < 1:
-                    raise ValueError(
-                        f"early_stopping needs at least 2 samples; got {n}. "
-                        "Set early_stopping=False."
-                    )
-                perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-                val_idx, train_idx = perm[:n_val], perm[n_val:]
-                train = make_loader([t[train_idx] for t in tensors], self.batch_size, True, seed)
-                val = make_loader([t[val_idx] for t in tensors], self._inference_batch_size, False)
-            else:
-                train, val = make_loader(tensors, self.batch_size, True, seed), None
-            with (
-                tempfile.TemporaryDirectory(prefix="nidl_vae_") as root,
-                quiet_lightning(self.verbose),
-            ):
-                trainer = build_trainer(
-                    max_epochs=self.max_epochs,
-                    accelerator=self.accelerator,
-                    devices=self.devices,
-                    precision=self.precision,
-                    verbose=self.verbose,
-                    trainer_params=self.trainer_params,
-                    root_dir=root,
-                    early_stopping_patience=self.n_iter_no_change if self.early_stopping else None,
+    def _train(self, module, train: Rows, val: Rows | None, batch_size, max_epochs, seed):
+        """Train ``module`` with a quiet Trainer in a temporary root directory."""
+        with tempfile.TemporaryDirectory(prefix="nidl_vae_") as root, quiet_lightning(self.verbose):
+            trainer = build_trainer(
+                max_epochs=max_epochs,
+                accelerator=self.accelerator,
+                devices=self.devices,
+                precision=self.precision,
+                verbose=self.verbose,
+                trainer_params=self.trainer_params,
+                root_dir=root,
+                early_stopping_patience=self.n_iter_no_change if self.early_stopping else None,
+            )
+            device = trainer.strategy.root_device
+            train_loader = make_loader(self._on_device(train, device), batch_size, True, seed)
+            val_loader = (
+                None
+                if val is None
+                else make_loader(
+                    self._on_device(val, device),
+                    self._inference_rows_per_batch(val.n_features),
+                    False,
+                    seed,
                 )
-                trainer.fit(module, train_dataloaders=train, val_dataloaders=val)
-                self._n_devices = trainer.num_devices
+            )
+            with _sigint_restored():
+                try:
+                    trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader)
+                except (SystemExit, ValueError) as exc:
+                    if interrupted(exc):
+                        raise KeyboardInterrupt from None
+                    raise
         module.eval()
         module.trainer = None  # the Trainer would keep the training data alive
+        if int(module.steps_done) == 0:
+            raise ValueError(
+                "No training step ran: the training data loader gave no batch. Check "
+                "trainer_params (e.g. limit_train_batches) and the number of samples."
+            )
+        if not all(torch.isfinite(p).all() for p in module.parameters()):
+            raise FloatingPointError(nan_message("made the trained weights non-finite"))
         return module
 
-    def _set_fitted(self, module: BaseVAEModule, seed: int) -> None:
-        self.module_ = module
-        self.history_ = module.history()
-        self.n_iter_ = int(module.epochs_done)
-        self._seed = seed
-        self._twins: dict = {}  # module copies in other float precisions, for CPU inference
+    @staticmethod
+    def _on_device(rows: Rows, device: torch.device) -> Rows:
+        """On a GPU, in-memory rows that fit go to the device once; training then slices them
+        there instead of copying each batch from the host."""
+        if device.type != "cuda" or is_streamed(rows.X) or rows.prepare is not None:
+            return rows
+        if (
+            rows.X.nbytes // (2 if rows.X.dtype == np.float64 else 1)
+            > _cuda_free_bytes(device) // 2
+        ):
+            return rows
+        return data.DeviceRows(rows, device)
 
-    def _fit_transactional(self, fit_body):
-        """Run ``fit_body``; if it raises, restore the estimator as it was before ``fit``."""
+    @contextmanager
+    def _restored_on_failure(self) -> Iterator[None]:
+        """Restore the estimator as it was if the block raises (a failed fit changes nothing)."""
         before = self.__dict__.copy()
         try:
-            return fit_body()
+            yield
         except BaseException:
             self.__dict__.clear()
             self.__dict__.update(before)
             raise
+
+    # ------------------------------------------------------------------ input validation
+    def _validate_X(self, X, reset: bool, allow_nan: bool = False):
+        """Validated X: an in-memory float array, or a streamed source checked batch by batch.
+
+        In-memory input goes through scikit-learn's ``validate_data`` (no copy of a float32 or
+        float64 array); a memory map, an array-like on disk or a Dataset keeps its place, its
+        shape checked here and its values finite-checked as they are read.
+        """
+        if not reset:
+            check_is_fitted(self)
+        if not is_streamed(X):
+            return validate_data(
+                self,
+                X,
+                reset=reset,
+                dtype=FLOAT_DTYPES,
+                ensure_min_samples=2 if reset else 1,
+                ensure_all_finite="allow-nan" if allow_nan else True,
+            )
+        n = data.n_rows(X)
+        first = data.read_rows(X, slice(0, 1))
+        if hasattr(X, "shape") and len(X.shape) != 2:
+            raise ValueError(
+                f"Expected a 2-D array of shape (n_samples, n_features); got shape {X.shape}."
+            )
+        if reset and n < 2:
+            raise ValueError(f"Found array with {n} sample(s) while a minimum of 2 is required.")
+        _check_feature_names(self, first, reset=reset)
+        _check_n_features(self, first, reset=reset)
+        return X
+
+    def _inference_rows(self, X, aligned=(), prepare=None, allow_nan: bool = False) -> Rows:
+        """Validated rows of X to predict on; data on disk is finite-checked as it is read."""
+        X = self._validate_X(X, reset=False, allow_nan=allow_nan)
+        check = type(self).__name__ if is_streamed(X) else None
+        return Rows(X, aligned, prepare=prepare, check=check, allow_nan=allow_nan)
+
+    def _scan(self, X, rows=None, allow_nan: bool = False) -> Moments:
+        """Per-feature moments of X's rows in float64, a chunk at a time; a ValueError on
+        infinite (and, unless ``allow_nan``, NaN) values, as scikit-learn's validation gives."""
+        name = type(self).__name__
+        return moments(
+            data.check_finite(chunk, allow_nan, name) for chunk in data.iter_chunks(X, rows)
+        )
 
     # ------------------------------------------------------------------ inference
     @property
     def _device(self) -> torch.device:
         return next(self.module_.parameters()).device
 
-    def _inference_module(self, dtype: np.dtype) -> BaseVAEModule:
-        """The fitted module, or on the CPU its twin in the input's float precision.
+    def _inference_rows_per_batch(self, n_features: int) -> int:
+        # about CHUNK_VALUES input values per batch, between 16 and 1024 rows
+        return int(np.clip(data.rows_in_chunk(n_features), data.MIN_INFERENCE_ROWS, 1024))
 
-        A float32 network's outputs for a row vary with the batch around it by about 1e-7
-        relative; float64 input is computed in float64 so a row's result does not depend on
-        the rows beside it, as scikit-learn expects. The twin is built once per fit.
+    def _infer(self, step: Callable, rows: Rows, *args, draws: int | None = None):
+        """Apply a module step to ``rows`` batch by batch, under inference mode.
+
+        ``step(batch, *args)`` gets a tuple of float32 tensors on the module's device (tensor
+        ``args`` are moved there too); with ``draws``, it also gets the number of latent draws
+        to decode at once, sized so that a chunk holds about ``CHUNK_VALUES`` decoded values.
+        Batches are padded to ``MIN_INFERENCE_ROWS`` rows so a row's result does not depend on
+        the rows beside it. Outputs (tensors or tuples of tensors) are concatenated on the CPU.
         """
-        module = self.module_
-        want = torch.float64 if dtype == np.float64 else torch.float32
-        if self._device.type != "cpu" or next(module.parameters()).dtype == want:
-            return module
-        if want not in self._twins:
-            self._twins[want] = copy.deepcopy(module).to(want)
-        return self._twins[want]
+        device = self._device
+        args = [a.to(device, torch.float32) if isinstance(a, torch.Tensor) else a for a in args]
+        batch_rows = self._inference_rows_per_batch(self.n_features_in_)
+        if draws is not None:
+            args.append(draws_per_chunk(batch_rows, self.n_features_in_))
+        outputs = []
+        with torch.inference_mode():
+            for batch in rows.batches(batch_rows):
+                batch, n = pad_rows(tuple(t.to(device, non_blocking=True) for t in batch))
+                out = step(batch, *args)
+                outputs.append(tuple(o[:n] for o in out) if isinstance(out, tuple) else out[:n])
+        if isinstance(outputs[0], tuple):
+            return tuple(torch.cat(parts).cpu() for parts in zip(*outputs, strict=True))
+        return torch.cat(outputs).cpu()
 
     def _generator(self, offset: int) -> torch.Generator:
         """A CPU generator seeded from the fit's seed: inference draws are the same at every
@@ -191,73 +412,198 @@ class BaseVAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         return torch.Generator().manual_seed(self._seed + offset)
 
     def _standard_normal(self, shape: tuple[int, ...], offset: int) -> torch.Tensor:
-        return torch.randn(shape, generator=self._generator(offset), dtype=torch.float64)
-
-    def _infer(self, step: str, arrays, *args, dtype=np.float32):
-        """Apply the module step named ``step`` to aligned arrays, batch by batch.
-
-        ``step(batch, *args)`` gets a tuple of tensors on the module's device, in ``dtype``
-        on the CPU; tensor ``args`` are moved there too. Outputs (tensors or tuples of
-        tensors) are concatenated along their first dimension and returned on the CPU. With
-        several training devices the batches go through ``Trainer.predict``; otherwise through
-        a plain loop under inference mode, which avoids a Trainer's start-up cost (tens of ms)
-        at every call.
-        """
-        module = self._inference_module(dtype)
-        device = self._device
-        dtype = next(module.parameters()).dtype
-        tensors = [_as_float_tensor(a, dtype) for a in arrays]
-        args = [a.to(device, dtype) if isinstance(a, torch.Tensor) else a for a in args]
-        fn = getattr(module, step)
-        if getattr(self, "_n_devices", 1) > 1:
-            outputs = self._predict_with_trainer(module, fn, tensors, args)
-            if outputs:
-                return _concat(outputs)
-        outputs = []
-        with torch.inference_mode():
-            for batch in iter_batches(tensors, self._inference_batch_size):
-                outputs.append(fn(tuple(t.to(device, non_blocking=True) for t in batch), *args))
-        return _concat(outputs)
-
-    def _predict_with_trainer(self, module, fn, tensors, args) -> list | None:
-        """Run ``fn`` over batches with ``Trainer.predict`` on the training devices.
-
-        Every device runs all rows in order (no distributed sampler), so rank zero returns the
-        whole result. A spawned strategy returns nothing: the caller then loops by itself.
-        """
-        module.predict_step = lambda batch, batch_idx: fn(batch, *args)
-        loader = make_loader(tensors, self._inference_batch_size, shuffle=False)
-        try:
-            with (
-                tempfile.TemporaryDirectory(prefix="nidl_vae_") as root,
-                quiet_lightning(self.verbose),
-            ):
-                trainer = build_trainer(
-                    max_epochs=1,
-                    accelerator=self.accelerator,
-                    devices=self.devices,
-                    precision=self.precision,
-                    verbose=False,
-                    trainer_params={
-                        **(self.trainer_params or {}),
-                        "use_distributed_sampler": False,
-                    },
-                    root_dir=root,
-                )
-                return trainer.predict(module, loader)
-        finally:
-            del module.predict_step
-            module.trainer = None
-            module.eval()
+        return torch.randn(shape, generator=self._generator(offset))
 
     @staticmethod
     def _to_numpy(tensor: torch.Tensor, dtype) -> np.ndarray:
-        return tensor.detach().to(torch.float64).numpy().astype(dtype, copy=False)
+        return tensor.detach().cpu().numpy().astype(dtype, copy=False)
+
+    def _output_dtype(self, X):
+        dtype = getattr(X, "dtype", np.float32)
+        return dtype if dtype in FLOAT_DTYPES else np.float32
+
+    def _encode(self, rows: Rows, dtype) -> np.ndarray:
+        """Posterior means (or a seeded draw if ``stochastic_transform``) of the rows."""
+        mu, logvar = self._infer(self.module_.encode_step, rows)
+        if self.stochastic_transform:
+            mu = mu + torch.exp(0.5 * logvar) * self._standard_normal(mu.shape, offset=1)
+        return self._to_numpy(mu, dtype)
+
+    def _elbo(self, rows: Rows, n_draws: int) -> np.ndarray:
+        check_positive_int(n_draws, "n_draws")
+        eps = self._standard_normal((n_draws, self.latent_dim), offset=2)
+        return self._to_numpy(
+            self._infer(self.module_.elbo_step, rows, eps, draws=True), np.float64
+        )
+
+    def _importance_weighted(self, rows: Rows, n_importance: int) -> np.ndarray:
+        check_positive_int(n_importance, "n_importance")
+        eps = self._standard_normal((n_importance, self.latent_dim), offset=3)
+        scores = self._infer(self.module_.log_likelihood_step, rows, eps, draws=True)
+        return self._to_numpy(scores, np.float64)
+
+    def _decode(self, arrays: list[np.ndarray], dtype) -> np.ndarray:
+        return self._to_numpy(
+            self._infer(self.module_.decode_step, Rows(*arrays[:1], aligned=arrays[1:])), dtype
+        )
+
+    def _validate_Z(self, Z) -> np.ndarray:
+        check_is_fitted(self)
+        Z = check_array(Z, dtype=FLOAT_DTYPES)
+        if Z.shape[1] != self.latent_dim:
+            raise ValueError(
+                f"Z has {Z.shape[1]} columns, but {type(self).__name__} has latent_dim="
+                f"{self.latent_dim}."
+            )
+        return Z
+
+    def _sample_seed(self, random_state) -> int:
+        return self._seed + 4 if random_state is None else draw_seed(random_state)
+
+    # ------------------------------------------------------------------ public inference
+    def transform(self, X) -> np.ndarray:
+        """Encode X: the posterior mean (or a seeded draw if ``stochastic_transform``); for a
+        CRMVAE, the joint posterior of each row's observed modalities.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features), memory map or Dataset
+            The rows to encode.
+
+        Returns
+        -------
+        Z : ndarray of shape (n_samples, latent_dim)
+            In X's float dtype (float32 for data on disk of another type).
+        """
+        return self._encode(self._prediction_rows(X), self._output_dtype(X))
+
+    def inverse_transform(self, Z) -> np.ndarray:
+        """Decode latents: the mean of :math:`p(x|z)` for each row of Z.
+
+        Parameters
+        ----------
+        Z : array-like of shape (n_samples, latent_dim)
+            Latent coordinates.
+
+        Returns
+        -------
+        X : ndarray of shape (n_samples, n_features)
+            In Z's float dtype.
+        """
+        Z = self._validate_Z(Z)
+        return self._decode([Z], Z.dtype)
+
+    def sample(self, n_samples: int = 1, random_state=None) -> np.ndarray:
+        """Generate rows: decoder means for :math:`z \\sim N(0, I)`.
+
+        Parameters
+        ----------
+        n_samples : int, default=1
+            Number of rows to generate.
+        random_state : int, RandomState instance or None, default=None
+            None uses the estimator's own seed: the same rows at every call.
+
+        Returns
+        -------
+        X : ndarray of shape (n_samples, n_features)
+            Generated rows, float32.
+        """
+        check_is_fitted(self)
+        check_positive_int(n_samples, "n_samples")
+        generator = torch.Generator().manual_seed(self._sample_seed(random_state))
+        z = torch.randn((n_samples, self.latent_dim), generator=generator)
+        return self._decode([z.numpy()], np.float32)
+
+    def score_samples(self, X, n_draws: int = 10) -> np.ndarray:
+        """Per-sample evidence lower bound (ELBO) at beta = 1, in nats.
+
+        .. math:: \\mathrm{ELBO}(x) = \\frac1K \\sum_k \\log p(x|z_k) - KL(q(z|x) \\| N(0, I)),
+            \\quad z_k = \\mu(x) + s(x) \\odot \\epsilon_k
+
+        The K noise draws are seeded and shared by every row, so a row's score does not depend
+        on the other rows or on the call. For a CRMVAE, the ELBO of the observed modalities'
+        joint likelihood with their joint posterior :math:`q_J` (rows with fewer modalities
+        have fewer terms: compare rows with the same modalities).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features), memory map or Dataset
+            The rows to score.
+        n_draws : int, default=10
+            Number K of latent draws per row.
+
+        Returns
+        -------
+        ndarray of shape (n_samples,)
+            The ELBO of each row, float64.
+        """
+        return self._elbo(self._prediction_rows(X), n_draws)
+
+    def score(self, X, y=None) -> float:
+        """Mean per-sample ELBO at beta = 1 (nats; higher is better).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features), memory map or Dataset
+            The rows to score.
+        y : None
+            Ignored.
+
+        Returns
+        -------
+        float
+            The mean of :meth:`score_samples`.
+        """
+        return float(np.mean(self.score_samples(X)))
+
+    def log_likelihood(self, X, n_importance: int = 100) -> np.ndarray:
+        """Importance-weighted estimate of :math:`\\log p(x)` per sample, in nats.
+
+        .. math:: \\log p(x) \\approx \\log \\frac1K \\sum_{k=1}^K
+            \\frac{p(x|z_k)\\, p(z_k)}{q(z_k|x)}, \\quad z_k \\sim q(z|x)
+
+        A lower bound in expectation, tighter than the ELBO, tight as K grows; for a CRMVAE, of
+        the observed modalities' joint likelihood. The K draws
+        are seeded and shared by every row; they are decoded a chunk at a time, so memory does
+        not grow with K.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features), memory map or Dataset
+            The rows to score.
+        n_importance : int, default=100
+            Number K of importance draws.
+
+        Returns
+        -------
+        ndarray of shape (n_samples,)
+            The estimate for each row, float64.
+        """
+        return self._importance_weighted(self._prediction_rows(X), n_importance)
+
+    def _prediction_rows(self, X) -> Rows:
+        """The validated rows a model's inference steps take for X."""
+        return self._inference_rows(X)
 
     # ------------------------------------------------------------------ sklearn API
     @property
     def _n_features_out(self) -> int:
         return self.latent_dim
+
+    def get_feature_names_out(self, input_features=None) -> np.ndarray:
+        """Output feature names: the class name in lower case and the latent index.
+
+        Parameters
+        ----------
+        input_features : array-like of str or None, default=None
+            Ignored except for a check against ``feature_names_in_``.
+
+        Returns
+        -------
+        ndarray of str
+        """
+        check_is_fitted(self)
+        return super().get_feature_names_out(input_features)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -266,19 +612,21 @@ class BaseVAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
 
     def __getstate__(self):
         state = dict(super().__getstate__())  # object's own is the live __dict__
-        state.pop("_twins", None)
         module = state.get("module_")
         if module is not None and next(module.parameters()).device.type != "cpu":
             # a model fitted on a GPU must load on a CPU-only machine
             state["module_"] = copy.deepcopy(module).cpu()
         return state
 
-    def __setstate__(self, state):
-        super().__setstate__(state)
-        if "module_" in state:
-            self._twins = {}
 
-
-def private_copy(module: nn.Module | None) -> nn.Module | None:
-    """A private copy of a user's module, so fitting never trains the parameter itself."""
-    return None if module is None else copy.deepcopy(module)
+@contextmanager
+def _sigint_restored() -> Iterator[None]:
+    """Lightning ignores Ctrl+C after catching one; put the caller's handler back."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, handler)

@@ -32,20 +32,23 @@ from sklearn.base import _fit_context
 from sklearn.utils._param_validation import StrOptions
 from torch import Tensor, nn
 
-from .base import BaseVAEEstimator, draw_seed, private_copy
-from .data import as_tensor
-from .distributions import DECODER_DISTS, DecoderLikelihood, check_data_fits, data_scale
-from .module import BaseVAEModule, over_draws
+from .base import (
+    BaseVAEEstimator,
+    check_layer_sizes,
+    check_positive_int,
+    fill_shared_docs,
+    private_copy,
+)
+from .data import Rows, iter_chunks, moments, read_rows
+from .distributions import DECODER_DISTS, DecoderLikelihood, check_data_fits
+from .module import BaseVAEModule, mean_over_draws
 from .networks import GaussianEncoder, mlp, output_width
 from .objectives import (
     gaussian_kl,
-    gaussian_log_density,
-    importance_weighted_log_likelihood,
     product_of_experts,
     reparameterize,
     standard_normal_log_density,
 )
-from .vae import VAE, _check_positive_int
 
 
 class CRMVAEModule(BaseVAEModule):
@@ -68,7 +71,7 @@ class CRMVAEModule(BaseVAEModule):
         :math:`r_m`, the weight of modality m's reconstruction terms.
     beta : float
         Weight of the KL terms.
-    lr, weight_decay, max_epochs
+    lr, weight_decay, max_epochs, seed
         See :class:`~nidl_vae.module.BaseVAEModule`.
     """
 
@@ -83,8 +86,9 @@ class CRMVAEModule(BaseVAEModule):
         lr: float,
         weight_decay: float,
         max_epochs: int,
+        seed: int = 0,
     ):
-        super().__init__(("loss", "reconstruction", "kl"), lr, weight_decay, max_epochs)
+        super().__init__(("loss", "reconstruction", "kl"), lr, weight_decay, max_epochs, seed)
         self.encoders = nn.ModuleList(encoders)
         self.decoders = nn.ModuleList(decoders)
         self.likelihoods = nn.ModuleList(likelihoods)
@@ -113,8 +117,8 @@ class CRMVAEModule(BaseVAEModule):
         observed = observed.T.bool()  # (M, B)
         mu, logvar = self.experts(x)
         mu_joint, logvar_joint = product_of_experts(mu, logvar, observed)
-        z_joint = reparameterize(mu_joint, logvar_joint, torch.randn_like(mu_joint))
-        z_single = reparameterize(mu, logvar, torch.randn_like(mu))
+        z_joint = reparameterize(mu_joint, logvar_joint, self.standard_normal(mu_joint))
+        z_single = reparameterize(mu, logvar, self.standard_normal(mu))
         reconstruction = x.new_zeros(len(x))
         kl = gaussian_kl(mu_joint, logvar_joint)
         for m in range(len(self.blocks)):
@@ -129,65 +133,51 @@ class CRMVAEModule(BaseVAEModule):
         reconstruction, kl = self.pi * reconstruction.mean(), self.pi * kl.mean()
         return torch.stack([reconstruction + self.beta * kl, reconstruction, kl])
 
-    def transform_step(self, batch: tuple[Tensor, ...]) -> tuple[Tensor, Tensor]:
+    def encode_step(self, batch: tuple[Tensor, ...]) -> tuple[Tensor, Tensor]:
         """The joint posterior :math:`q_J` of the modalities marked observed in the batch."""
         x, observed = batch
         return product_of_experts(*self.experts(x), observed.T.bool())
 
-    def _observed_log_prob(self, x: Tensor, observed: Tensor, z: Tensor) -> Tensor:
-        """:math:`\\sum_m \\delta_m \\log p(x_m|z_k)` for draws ``z`` (K, B, D): shape (K, B)."""
+    def log_weight_terms(self, batch: tuple[Tensor, ...]):
+        r"""The observed modalities' joint: :math:`q_J` as posterior and proposal,
+        :math:`\sum_m \delta_m \log p(x_m|z)` and the :math:`N(0, I)` prior."""
+        x, observed = batch
+        mu, logvar = self.encode_step(batch)
         observed = observed.T.bool()
 
-        def log_prob(chunk: Tensor) -> Tensor:
+        def log_lik(z: Tensor) -> Tensor:
             terms = [
-                torch.where(observed[m], self.modality_log_prob(x, chunk, m), 0.0)
+                torch.where(observed[m], self.modality_log_prob(x, z, m), 0.0)
                 for m in range(len(self.blocks))
             ]
             return torch.stack(terms).sum(0)
 
-        return over_draws(log_prob, z)
-
-    def elbo_step(self, batch: tuple[Tensor, ...], eps: Tensor) -> Tensor:
-        """Per-row ELBO of the observed modalities' joint likelihood, at beta = 1:
-        :math:`\\frac1K \\sum_k \\sum_m \\delta_m \\log p(x_m|z_k) - KL(q_J \\| N(0, I))`."""
-        x, observed = batch
-        mu, logvar = self.transform_step(batch)
-        z = reparameterize(mu, logvar, eps[:, None, :])
-        return self._observed_log_prob(x, observed, z).mean(0) - gaussian_kl(mu, logvar)
-
-    def log_likelihood_step(self, batch: tuple[Tensor, ...], eps: Tensor) -> Tensor:
-        """Importance-weighted :math:`\\log p(x_{\\mathrm{observed}})` with :math:`q_J` as
-        proposal."""
-        x, observed = batch
-        mu, logvar = self.transform_step(batch)
-        z = reparameterize(mu, logvar, eps[:, None, :])
-        log_w = (
-            self._observed_log_prob(x, observed, z)
-            + standard_normal_log_density(z)
-            - gaussian_log_density(z, mu, logvar)
-        )
-        return importance_weighted_log_likelihood(log_w)
+        return mu, logvar, gaussian_kl(mu, logvar), log_lik, standard_normal_log_density
 
     def decode_step(self, batch: tuple[Tensor, ...]) -> Tensor:
         """Every modality's decoded mean, side by side, for each latent row."""
-        (z,) = batch
+        (z,) = batch[:1]
         means = [
             likelihood.mean(decoder(z).flatten(1))
             for decoder, likelihood in zip(self.decoders, self.likelihoods, strict=True)
         ]
         return torch.cat(means, 1)
 
-    def impute_step(self, batch: tuple[Tensor, ...], eps: Tensor) -> Tensor:
-        """:math:`\\frac1K \\sum_k \\mathbb{E}[x | z_k]`, :math:`z_k \\sim q_J`: every
+    def impute_step(self, batch: tuple[Tensor, ...], eps: Tensor, per_chunk: int) -> Tensor:
+        """:math:`\frac1K \\sum_k \\mathbb{E}[x | z_k]`, :math:`z_k \\sim q_J`: every
         modality's mean under the joint posterior, from the K shared noise draws ``eps``."""
-        mu, logvar = self.transform_step(batch)
-        z = reparameterize(mu, logvar, eps[:, None, :])
+        mu, logvar = self.encode_step(batch)
 
-        def chunk_sum(chunk: Tensor) -> Tensor:
-            decoded = self.decode_step((chunk.flatten(0, 1),)).unflatten(0, chunk.shape[:2])
-            return decoded.sum(0, keepdim=True)
+        def decoded(e: Tensor) -> Tensor:
+            z = mu + torch.exp(0.5 * logvar) * e[:, None, :]
+            return self.decode_step((z.flatten(0, 1),)).unflatten(0, z.shape[:2])
 
-        return over_draws(chunk_sum, z).sum(0) / len(eps)
+        return mean_over_draws(decoded, eps, per_chunk)
+
+
+def _zero_filled(rows: np.ndarray) -> tuple[np.ndarray]:
+    """Rows with their missing (NaN) blocks set to zero: a left-out expert's input."""
+    return (np.nan_to_num(rows, nan=0.0, posinf=np.inf, neginf=-np.inf),)
 
 
 def _require_any(observed: np.ndarray, problem: str, fix: str) -> np.ndarray:
@@ -201,7 +191,8 @@ def _require_any(observed: np.ndarray, problem: str, fix: str) -> np.ndarray:
     return observed
 
 
-class CRMVAE(VAE):
+@fill_shared_docs
+class CRMVAE(BaseVAEEstimator):
     """Multimodal VAE that trains and predicts with missing modalities (Suzuki & Matsuo, 2023).
 
     .. math::
@@ -389,37 +380,66 @@ class CRMVAE(VAE):
             )
         return {name: value.get(name, default) for name in self.modalities_}
 
-    def _observed(self, X: np.ndarray) -> np.ndarray:
-        """(n_rows, M) booleans: which modality each row has. Errors name the row and block."""
-        isnan = np.isnan(X)
+    def _chunk_observed(self, chunk: np.ndarray, offset: int) -> np.ndarray:
+        """(rows, M) booleans: which modality each row of a chunk has. Errors name the row
+        (``offset`` is the chunk's first row) and the block."""
+        isnan = np.isnan(chunk)
         observed = []
         for name, (start, stop) in self.modalities_.items():
             n_nan = isnan[:, start:stop].sum(1)
             partial = np.flatnonzero((n_nan > 0) & (n_nan < stop - start))
             if len(partial):
                 raise ValueError(
-                    f"Row {partial[0]} has NaN in part of modality {name!r} (columns "
-                    f"{start}-{stop - 1}), and {len(partial) - 1} other rows too: a modality "
-                    "is either observed (no NaN) or missing (all NaN). Impute the missing "
-                    "values within the block (e.g. SimpleImputer), or blank the whole block."
+                    f"Row {offset + partial[0]} has NaN in part of modality {name!r} (columns "
+                    f"{start}-{stop - 1}): a modality is either observed (no NaN) or missing "
+                    "(all NaN). Impute the missing values within the block (e.g. "
+                    "SimpleImputer), or blank the whole block."
                 )
             observed.append(n_nan == 0)
-        return _require_any(
-            np.stack(observed, 1), "has every modality missing (all NaN)", "Drop those rows."
-        )
+        return np.stack(observed, 1)
 
-    def _prepare(self, X, reset: bool) -> tuple[np.ndarray, np.ndarray]:
-        """Validated X with missing blocks zero-filled, and the observed-modality mask."""
-        X = self._validate_X(X, reset=reset, ensure_all_finite="allow-nan")
+    def _scan_modalities(self, X, with_moments: bool):
+        """The observed-modality mask of every row (and, for fit, each feature's moments over
+        the rows where its modality is observed), a chunk of rows at a time."""
+        masks = []
+
+        def checked_chunks():
+            offset = 0
+            for chunk in iter_chunks(X):
+                if np.isinf(chunk).any():
+                    raise ValueError(
+                        "Input X contains infinity; CRMVAE takes NaN only as a missing "
+                        "modality block and needs finite values otherwise."
+                    )
+                masks.append(self._chunk_observed(chunk, offset))
+                offset += len(chunk)
+                yield chunk
+
+        stats = moments(checked_chunks(), nan_aware=True) if with_moments else None
+        if not with_moments:
+            for _ in checked_chunks():
+                pass
+        observed = _require_any(
+            np.concatenate(masks), "has every modality missing (all NaN)", "Drop those rows."
+        )
+        return observed, stats
+
+    def _rows(self, X, observed=None, reset: bool = False):
+        """Validated rows of X with missing blocks zero-filled as they are read, and the
+        observed-modality mask (``observed`` narrows it, e.g. to chosen modalities)."""
         if reset:
-            self.modalities_ = self._resolve_modalities(X.shape[1])
-        observed = self._observed(X)
-        return np.where(np.isnan(X), 0, X).astype(X.dtype, copy=False), observed
+            X = self._validate_X(X, reset=True, allow_nan=True)
+            self.modalities_ = self._resolve_modalities(self.n_features_in_)
+            mask, stats = self._scan_modalities(X, with_moments=True)
+        else:
+            X = self._validate_X(X, reset=False, allow_nan=True)
+            mask, stats = self._scan_modalities(X, with_moments=False)
+        return Rows(X, [mask], prepare=_zero_filled), mask, stats
 
     def _select(self, names, param: str) -> np.ndarray:
         """Boolean mask over the modalities for one name or a list of names."""
         names = [names] if isinstance(names, (str, Integral)) else list(names)
-        unknown = [n for n in names if n not in self.modalities_]
+        unknown = [n for n in names if isinstance(n, bool) or n not in self.modalities_]
         if unknown or not names:
             raise ValueError(
                 f"{param}={names!r}: name one or more of the modalities {list(self.modalities_)}."
@@ -433,46 +453,50 @@ class CRMVAE(VAE):
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features)
+        X : array-like of shape (n_samples, n_features), memory map or Dataset
             The modalities' column blocks side by side.
         y : None
             Ignored.
 
         Returns
         -------
-        self
+        self : CRMVAE
+            The fitted estimator.
         """
-        return self._fit_transactional(lambda: self._fit(X))
+        return self._fit(X)
 
-    def _fit(self, X) -> "CRMVAE":
-        self._check_trainer_params()
-        X, observed = self._prepare(X, reset=True)
+    def _training_rows(self, X, y) -> tuple[Rows, dict]:
+        check_layer_sizes(self.hidden_layer_sizes)
+        rows, observed, stats = self._rows(X, reset=True)
         self._dists = self._per_modality("decoder_dist", "normal")
         self._scales = self._per_modality("decoder_scale", "learned")
         for name, dist in self._dists.items():
             scale = self._scales[name]
             if dist not in DECODER_DISTS:
                 raise ValueError(f"decoder_dist[{name!r}]={dist!r}; choose from {DECODER_DISTS}.")
-            if scale != "learned" and not (isinstance(scale, Real) and scale > 0):
+            if scale != "learned" and not (
+                isinstance(scale, Real) and not isinstance(scale, bool) and 0 < scale < np.inf
+            ):
                 raise ValueError(
-                    f"decoder_scale[{name!r}]={scale!r}; give a positive float or 'learned'."
+                    f"decoder_scale[{name!r}]={scale!r}; give a positive finite float or 'learned'."
                 )
         self.rescale_factors_ = self._resolve_rescale_factors()
+        units = {}
         for m, (name, (start, stop)) in enumerate(self.modalities_.items()):
             if not observed[:, m].any():
                 raise ValueError(f"Modality {name!r} is missing in every row: nothing to learn.")
+            block = stats.block(start, stop)
             check_data_fits(
-                X[observed[:, m], start:stop],
+                np.nanmin(block.min),
+                np.nanmax(block.max),
                 self._dists[name],
                 "values",
                 f" for modality {name!r}",
             )
+            units[name] = block.scale()
         self._encoders = self._networks("encoders")
         self._decoders = self._networks("decoders")
-        seed = draw_seed(self.random_state)
-        self._fit_dtype = X.dtype
-        self._set_fitted(self._train((as_tensor(X), as_tensor(observed)), seed), seed)
-        return self
+        return rows, {"units": units, "observed": observed}
 
     def _networks(self, param: str) -> dict:
         """The user's module (or None, for the default MLP) of each modality, checked."""
@@ -498,28 +522,38 @@ class CRMVAE(VAE):
         if self.rescale_factors is None:
             return {name: max(widths.values()) / w for name, w in widths.items()}
         factors = self._per_modality("rescale_factors", None)
-        bad = {k: v for k, v in factors.items() if not (isinstance(v, Real) and v > 0)}
+        bad = {
+            k: v
+            for k, v in factors.items()
+            if isinstance(v, bool) or not (isinstance(v, Real) and 0 < v < np.inf)
+        }
         if bad:
             raise ValueError(
-                f"rescale_factors needs a positive number for every modality; got {bad}."
+                f"rescale_factors needs a positive finite number for every modality; got {bad}."
             )
         return {name: float(v) for name, v in factors.items()}
 
-    def _build_module(self, tensors: tuple[Tensor, ...]) -> CRMVAEModule:
-        X, observed = tensors
-        hidden = tuple(self.hidden_layer_sizes)
+    def _build_module(self, rows, stats, generator, seed) -> CRMVAEModule:
+        hidden = check_layer_sizes(self.hidden_layer_sizes)
+        observed = stats["observed"]
         experts, decoder_nets, likelihoods = [], [], []
         for m, (name, (start, stop)) in enumerate(self.modalities_.items()):
             width = stop - start
-            block = X[observed[:, m].bool(), start:stop]
-            backbone = private_copy(self._encoders[name]) or mlp(width, hidden)
-            experts.append(
-                GaussianEncoder(backbone, output_width(backbone, block[:2]), self.latent_dim)
+            example_rows = np.flatnonzero(observed[:, m])[:2]
+            block = rows.read(example_rows)[0][:, start:stop]
+            if self._encoders[name] is None:
+                backbone = mlp(width, hidden, generator=generator)
+            else:
+                backbone = private_copy(self._encoders[name])
+            out_dim = output_width(backbone, block, f"encoder of modality {name!r}")
+            experts.append(GaussianEncoder(backbone, out_dim, self.latent_dim, generator=generator))
+            if self._decoders[name] is None:
+                decoder = mlp(self.latent_dim, hidden[::-1], width, generator=generator)
+            else:
+                decoder = private_copy(self._decoders[name])
+            out = output_width(
+                decoder, torch.zeros(2, self.latent_dim), f"decoder of modality {name!r}"
             )
-            decoder = private_copy(self._decoders[name]) or mlp(
-                self.latent_dim, hidden[::-1], width
-            )
-            out = output_width(decoder, torch.zeros(2, self.latent_dim))
             if out != width:
                 raise ValueError(
                     f"The decoder of modality {name!r} outputs {out} values per latent row, "
@@ -527,7 +561,9 @@ class CRMVAE(VAE):
                 )
             decoder_nets.append(decoder)
             likelihoods.append(
-                DecoderLikelihood(self._dists[name], self._scales[name], width, data_scale(block))
+                DecoderLikelihood(
+                    self._dists[name], self._scales[name], width, stats["units"][name]
+                )
             )
         return CRMVAEModule(
             encoders=experts,
@@ -538,7 +574,8 @@ class CRMVAE(VAE):
             beta=self.beta,
             lr=self.lr,
             weight_decay=self.weight_decay,
-            max_epochs=self.max_epochs,
+            max_epochs=stats["max_epochs"],
+            seed=seed,
         )
 
     # ------------------------------------------------------------------ inference
@@ -554,16 +591,18 @@ class CRMVAE(VAE):
 
         Returns
         -------
-        Z : ndarray of shape (n_samples, latent_dim), X's float dtype
+        Z : ndarray of shape (n_samples, latent_dim)
+            In X's float dtype.
         """
-        X, observed = self._prepare(X, reset=False)
+        rows, observed, _ = self._rows(X)
         if modalities is not None:
             observed = _require_any(
                 observed & self._select(modalities, "modalities"),
                 "has none of the chosen modalities",
                 "Choose modalities it has.",
             )
-        return self._encode([X, observed], X.dtype)
+            rows = Rows(rows.X, [observed], prepare=_zero_filled)
+        return self._encode(rows, self._output_dtype(X))
 
     def impute(self, X, n_draws: int | None = 100):
         """Fill each row's missing modalities from the ones it has.
@@ -586,49 +625,28 @@ class CRMVAE(VAE):
         X_imputed : ndarray (a DataFrame with X's index and columns for a DataFrame input)
         """
         X_in = X
-        X, observed = self._prepare(X, reset=False)
+        rows, observed, _ = self._rows(X)
         if n_draws is None:
-            mu, _ = self._infer("transform_step", [X, observed], dtype=X.dtype)
-            decoded = self._infer("decode_step", [mu], dtype=X.dtype)
+            mu, _ = self._infer(self.module_.encode_step, rows)
+            decoded = self._infer(self.module_.decode_step, Rows(mu.numpy()))
         else:
-            _check_positive_int(n_draws, "n_draws")
+            check_positive_int(n_draws, "n_draws")
             eps = self._standard_normal((n_draws, self.latent_dim), offset=5)
-            decoded = self._infer("impute_step", [X, observed], eps, dtype=X.dtype)
-        decoded = self._to_numpy(decoded, X.dtype)
+            decoded = self._infer(self.module_.impute_step, rows, eps, draws=True)
+        dtype = self._output_dtype(X)
         missing = np.repeat(
             ~observed, [stop - start for start, stop in self.modalities_.values()], axis=1
         )
-        imputed = np.where(missing, decoded, X)
+        values = read_rows(rows.X, slice(None))
+        imputed = np.where(missing, self._to_numpy(decoded, dtype), values).astype(dtype)
         if hasattr(X_in, "columns") and hasattr(X_in, "index"):
             import pandas as pd
 
             return pd.DataFrame(imputed, index=X_in.index, columns=X_in.columns)
         return imputed
 
-    def score_samples(self, X, n_draws: int = 10) -> np.ndarray:
-        """Per-sample ELBO of the observed modalities' joint likelihood (beta = 1, nats).
-
-        .. math:: \\mathrm{ELBO}(x) = \\frac1K \\sum_k \\sum_m \\delta_m \\log p(x_m|z_k)
-            - KL(q_J(z|x) \\| N(0, I)), \\quad z_k \\sim q_J
-
-        A lower bound of :math:`\\log p(x_{\\mathrm{observed}})` (not the training loss, whose
-        unimodal terms serve inference from subsets); rows with fewer modalities have fewer
-        terms, so compare rows with the same modalities. The K draws are seeded and shared.
-        """
-        X, observed = self._prepare(X, reset=False)
-        return self._elbo([X, observed], X.dtype, n_draws)
-
-    def log_likelihood(self, X, n_importance: int = 100) -> np.ndarray:
-        """Importance-weighted estimate of :math:`\\log p(x_{\\mathrm{observed}})` per sample.
-
-        .. math:: \\log \\frac1K \\sum_k \\frac{\\prod_m p(x_m|z_k)^{\\delta_m}\\, p(z_k)}
-            {q_J(z_k|x)}, \\quad z_k \\sim q_J
-
-        Incomplete rows are welcome: each row's estimate is of the modalities it has.
-        Vectorised over rows and draws; the K draws are seeded and shared by every row.
-        """
-        X, observed = self._prepare(X, reset=False)
-        return self._importance_weighted([X, observed], X.dtype, n_importance)
+    def _prediction_rows(self, X) -> Rows:
+        return self._rows(X)[0]
 
     def conditional_log_likelihood(
         self, X, target, given=None, n_importance: int = 100
@@ -643,20 +661,22 @@ class CRMVAE(VAE):
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features)
+        X : array-like of shape (n_samples, n_features), memory map or Dataset
+            Rows may miss whole modalities (NaN blocks).
         target : name or list of names
             The modalities whose likelihood is estimated.
         given : name or list of names, default=None
             The modalities conditioned on; None means every other modality.
         n_importance : int, default=100
+            Number K of importance draws.
 
         Returns
         -------
         ndarray of shape (n_samples,)
             NaN in rows that miss a target modality or every given one.
         """
-        X, observed = self._prepare(X, reset=False)
-        _check_positive_int(n_importance, "n_importance")
+        rows, observed, _ = self._rows(X)
+        check_positive_int(n_importance, "n_importance")
         is_target = self._select(target, "target")
         is_given = ~is_target if given is None else self._select(given, "given")
         if (is_target & is_given).any() or not is_given.any():
@@ -666,14 +686,15 @@ class CRMVAE(VAE):
             )
         given_mask = observed & is_given
         valid = (observed | ~is_target).all(1) & given_mask.any(1)
-        out = np.full(len(X), np.nan)
+        out = np.full(len(observed), np.nan)
         if valid.any():
-            rows = X[valid]
-            joint = self._importance_weighted(
-                [rows, given_mask[valid] | is_target], X.dtype, n_importance
-            )
-            marginal = self._importance_weighted([rows, given_mask[valid]], X.dtype, n_importance)
-            out[valid] = joint - marginal
+            index = np.flatnonzero(valid)
+
+            def estimate(mask: np.ndarray) -> np.ndarray:
+                subset = Rows(rows.X, [mask], indices=index, prepare=_zero_filled)
+                return self._importance_weighted(subset, n_importance)
+
+            out[valid] = estimate(given_mask | is_target) - estimate(given_mask)
         return out
 
     def __sklearn_tags__(self):

@@ -16,77 +16,127 @@ The prior :math:`p_\\psi(z|c) = N(\\mu_\\psi(c), \\mathrm{diag}\\, s^2_\\psi(c))
 which a batch ``(x, c)`` makes conditional.
 """
 
+from numbers import Integral
+
 import numpy as np
 import torch
 from sklearn.base import _fit_context
-from sklearn.utils._param_validation import StrOptions
-from sklearn.utils.validation import check_array, check_is_fitted, validate_data
-from torch import Tensor, nn
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.validation import check_array, check_is_fitted
+from torch import nn
 
-from .base import draw_seed, private_copy
-from .data import as_tensor
+from .base import (
+    BaseVAEEstimator,
+    check_positive_int,
+    fill_shared_docs,
+    private_copy,
+)
+from .data import Rows, n_rows
 from .distributions import DECODER_DISTS, check_data_fits
 from .networks import GaussianEncoder, mlp, output_width
 from .objectives import reparameterize
-from .vae import VAE
+from .vae import VAEModule, build_vae_module
 
-_NO_Y_IN_TRANSFORM = (
-    "{name}.{method} needs the conditions y: call {method}(X, y). A Pipeline passes y to fit "
-    "but not to transform, so a CVAE cannot be an intermediate Pipeline step: use it on its "
-    "own or as the last step, or transform with explicit y and feed the result to the next "
-    "estimator."
+_HOW_TO_ROUTE = (
+    "{name}.{method} needs the conditions: call {method}(..., conditions=c), one label or "
+    "covariate row per sample. In a Pipeline or a search, route them as metadata: "
+    "sklearn.set_config(enable_metadata_routing=True), then "
+    "{name}().set_fit_request(conditions=True).set_transform_request(conditions=True) and "
+    "pipe.fit(X, y, conditions=c), pipe.predict(X, conditions=c)."
 )
 
 
-class CVAE(VAE):
+def _check_labels(labels: np.ndarray) -> None:
+    """A ValueError for labels that cannot be compared and sorted: None, NaN, mixed types."""
+    if labels.dtype.kind == "f" and np.isnan(labels).any():
+        raise ValueError("conditions contain NaN: every sample needs a label.")
+    if labels.dtype.kind != "O":
+        return
+    if any(v is None or (isinstance(v, float) and np.isnan(v)) for v in labels):
+        raise ValueError("conditions contain None or NaN: every sample needs a label.")
+    kinds = {"str" if isinstance(v, str) else "number" for v in labels}
+    if len(kinds) > 1:
+        raise ValueError(
+            "conditions mix strings and numbers; give labels of one type (e.g. all strings)."
+        )
+
+
+@fill_shared_docs
+class CVAE(BaseVAEEstimator):
     """Conditional variational autoencoder, a scikit-learn estimator trained with Lightning.
 
     .. math::
         \\mathcal{L}(x, c) = -\\mathbb{E}_{q(z|x,c)} \\log p(x|z, c)
         + \\beta\\, KL(q(z|x, c) \\| p(z|c))
 
-    ``fit(X, y)``: X is the modelled data, y the conditions: 1-D labels of any dtype (one-hot
-    inside, ``classes_`` kept) or 2-D numeric covariates (standardised inside, so ages in years
-    work as well as z-scores). Every method that encodes or scores X needs y; ``sample(y)``
-    generates one row per row of y from the prior :math:`p(z|y)`; ``inverse_transform(Z, y)``
-    decodes latents under any conditions (counterfactuals).
+    The conditions c are given to every method that needs them as the keyword ``conditions``:
+    1-D labels of any dtype (one-hot inside, ``classes_`` kept) or 2-D numeric covariates
+    (standardised inside, so ages in years work as well as z-scores). ``fit`` and ``score``
+    also take them as ``y`` when ``conditions`` is not given, a stand-alone shorthand:
+    ``CVAE().fit(X, site)``. In a Pipeline, where ``y`` is the target, route them as
+    metadata (see the user guide)::
+
+        sklearn.set_config(enable_metadata_routing=True)
+        cvae = CVAE().set_fit_request(conditions=True).set_transform_request(conditions=True)
+        pipe = make_pipeline(StandardScaler(), cvae, LogisticRegression())
+        pipe.fit(X, diagnosis, conditions=site).predict(X, conditions=site)
+
+    ``sample(conditions=c)`` generates rows from the prior :math:`p(z|c)`;
+    ``inverse_transform(Z, conditions=c)`` decodes latents under any conditions
+    (counterfactuals, harmonisation).
+
+    <shared:input>
 
     Parameters
     ----------
-    prior_network : 'mlp', nn.Module or None, default=None
-        The conditional prior :math:`p(z|c)`. None uses :math:`N(0, I)`; 'mlp' learns one
-        with a hidden layer of ``hidden_layer_sizes[-1]`` units; a module maps the (encoded)
-        conditions to features, followed by mean and log-variance heads. Measured on digits
-        conditioned on their label (defaults, ``benchmarks/bench_cvae_generation.py``):
-        generated digits are recognised as their label 96.8% (None) vs 99.2% ('mlp') of the
-        time, but a digit's latent decoded under the next label shows that label 97.1% vs 84.0%
-        of the time: a learned prior lets
-        the latent carry the label, which spoils counterfactuals, hence the default.
-    decoder_dist : {'normal', 'laplace', 'bernoulli', 'categorical'}, default='normal'
-        'bernoulli' and 'categorical' read the decoder output as logits; 'categorical' needs
-        rows of X that are one-hot (or probabilities).
     encoder : nn.Module, default=None
         Reads X alone (an image CNN works); its flattened output and the conditions feed the
         posterior heads. None builds an MLP over ``[X, conditions]``.
     decoder : nn.Module, default=None
         Reads ``[z, conditions]`` (width ``latent_dim`` + number of encoded conditions).
-
-    Other parameters are :class:`~nidl_vae.VAE`'s.
+    prior_network : 'mlp', nn.Module or None, default=None
+        The conditional prior :math:`p(z|c)`. None uses :math:`N(0, I)`; 'mlp' learns one
+        with a hidden layer of ``hidden_layer_sizes[-1]`` units; a module maps the (encoded)
+        conditions to features, followed by mean and log-variance heads. Measured on digits
+        conditioned on their label (``benchmarks/bench_cvae_generation.py``): generated digits
+        are recognised as their label 96.8% (None) vs 99.2% ('mlp') of the time, but a digit's
+        latent decoded under the next label shows that label 97.1% vs 84.0% of the time: a
+        learned prior lets the latent carry the label, which spoils counterfactuals, hence the
+        default.
+    encoder_out_dim : int, default=None
+        Width of the encoder's flattened output; None infers it from one forward pass.
+    latent_dim : int, default=10
+        Dimension of z.
+    hidden_layer_sizes : tuple of int, default=(256, 128)
+        Widths of the default encoder's hidden layers (the decoder mirrors them).
+    beta : float, default=1.0
+        Weight of the KL term.
+    decoder_dist : {'normal', 'laplace', 'bernoulli', 'categorical'}, default='normal'
+        'bernoulli' and 'categorical' read the decoder output as logits; 'categorical' needs
+        rows of X that are one-hot (or probabilities).
+    decoder_scale : float or 'learned', default='learned'
+        Scale of 'normal' and 'laplace', as for :class:`~nidl_vae.VAE`.
+    lr : float, default=1e-3
+        Adam's learning rate.
+    <shared:training>
 
     Attributes
     ----------
     classes_ : ndarray
-        The labels, when y is 1-D.
+        The labels, when the conditions are 1-D.
     covariate_mean_, covariate_scale_ : ndarray
         Standardisation of 2-D covariates.
-    module_, history_, n_iter_, n_features_in_, feature_names_in_
-        As for :class:`~nidl_vae.VAE`.
+    <shared:attributes>
     """
 
     _parameter_constraints: dict = {
-        **VAE._parameter_constraints,
+        **BaseVAEEstimator._parameter_constraints,
+        "encoder": [nn.Module, None],
+        "decoder": [nn.Module, None],
         "prior_network": [StrOptions({"mlp"}), nn.Module, None],
+        "encoder_out_dim": [Interval(Integral, 1, None, closed="left"), None],
         "decoder_dist": [StrOptions(set(DECODER_DISTS))],
+        "decoder_scale": BaseVAEEstimator._scale_constraint,
     }
 
     def __init__(
@@ -104,8 +154,8 @@ class CVAE(VAE):
         stochastic_transform: bool = False,
         lr: float = 1e-3,
         weight_decay: float = 0.0,
-        batch_size: int = 128,
-        max_epochs: int = 100,
+        batch_size: int | str = "auto",
+        max_epochs: int | str = "auto",
         early_stopping: bool = False,
         validation_fraction: float = 0.1,
         n_iter_no_change: int = 10,
@@ -116,193 +166,298 @@ class CVAE(VAE):
         verbose: bool = False,
         random_state=None,
     ):
-        super().__init__(
-            encoder=encoder,
-            decoder=decoder,
-            encoder_out_dim=encoder_out_dim,
-            latent_dim=latent_dim,
-            hidden_layer_sizes=hidden_layer_sizes,
-            beta=beta,
-            decoder_dist=decoder_dist,
-            decoder_scale=decoder_scale,
-            stochastic_transform=stochastic_transform,
-            lr=lr,
-            weight_decay=weight_decay,
-            batch_size=batch_size,
-            max_epochs=max_epochs,
-            early_stopping=early_stopping,
-            validation_fraction=validation_fraction,
-            n_iter_no_change=n_iter_no_change,
-            accelerator=accelerator,
-            devices=devices,
-            precision=precision,
-            trainer_params=trainer_params,
-            verbose=verbose,
-            random_state=random_state,
-        )
+        self.encoder = encoder
+        self.decoder = decoder
         self.prior_network = prior_network
+        self.encoder_out_dim = encoder_out_dim
+        self.latent_dim = latent_dim
+        self.hidden_layer_sizes = hidden_layer_sizes
+        self.beta = beta
+        self.decoder_dist = decoder_dist
+        self.decoder_scale = decoder_scale
+        self.stochastic_transform = stochastic_transform
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.batch_size = batch_size
+        self.max_epochs = max_epochs
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.n_iter_no_change = n_iter_no_change
+        self.accelerator = accelerator
+        self.devices = devices
+        self.precision = precision
+        self.trainer_params = trainer_params
+        self.verbose = verbose
+        self.random_state = random_state
 
     # ------------------------------------------------------------------ conditions
-    def _encode_conditions(self, y, n_rows: int | None, reset: bool) -> np.ndarray:
-        """Labels to one-hot rows, covariates to z-scores, with errors that name the problem."""
-        if y is None:
-            raise ValueError(f"{type(self).__name__} requires y (the conditions); got None.")
-        y = np.asarray(y)
-        if n_rows is not None and len(y) != n_rows:
-            raise ValueError(f"y has {len(y)} rows but X has {n_rows}: give one condition per row.")
-        if y.ndim not in (1, 2):
-            raise ValueError(f"y must be 1-D labels or 2-D covariates; got {y.ndim} dimensions.")
+    def _encode_conditions(self, conditions, n_rows: int | None, method: str) -> np.ndarray:
+        """Labels to one-hot rows, covariates to z-scores; errors name the problem.
+
+        ``method`` 'fit' learns the encoding (``classes_`` or the covariates' standardisation).
+        """
+        name = type(self).__name__
+        if conditions is None:
+            if method != "fit":
+                check_is_fitted(self)
+            raise ValueError(_HOW_TO_ROUTE.format(name=name, method=method))
+        reset = method == "fit"
+        c = np.asarray(conditions)
+        if c.ndim not in (1, 2):
+            raise ValueError(
+                f"conditions must be 1-D labels or 2-D covariates; got {c.ndim} dimensions."
+            )
+        if len(c) == 0:
+            raise ValueError("conditions are empty: give one label or covariate row per sample.")
+        if n_rows is not None and len(c) != n_rows:
+            raise ValueError(
+                f"conditions have {len(c)} rows but X has {n_rows}: give one per sample."
+            )
         if reset:
-            self._conditions_are_labels = y.ndim == 1
+            self._conditions_are_labels = c.ndim == 1
         if self._conditions_are_labels:
-            if y.ndim != 1:
-                raise ValueError("This CVAE was fitted on 1-D labels: give y as 1-D labels.")
-            if y.dtype.kind == "f" and np.isnan(y).any():
-                raise ValueError("y contains NaN: every row needs a label.")
+            if c.ndim != 1:
+                raise ValueError(f"This {name} was fitted on 1-D labels: give 1-D conditions.")
+            _check_labels(c)
             if reset:
-                self.classes_ = np.unique(y)
-            unseen = np.setdiff1d(y, self.classes_)
+                self.classes_ = np.unique(c)
+            unseen = np.setdiff1d(c, self.classes_)
             if len(unseen):
                 raise ValueError(
-                    f"y has labels not seen in fit: {unseen[:5].tolist()}; known labels are "
-                    f"{self.classes_[:10].tolist()}."
+                    f"conditions have labels not seen in fit: {unseen[:5].tolist()}; known "
+                    f"labels are {self.classes_[:10].tolist()}."
                 )
-            return (y[:, None] == self.classes_[None, :]).astype(np.float32)
-        y = check_array(y, dtype=np.float64, input_name="y")
+            return (c[:, None] == self.classes_[None, :]).astype(np.float32)
+        c = check_array(c, dtype=np.float64, input_name="conditions")
         if reset:
-            self.covariate_mean_ = y.mean(0)
-            scale = y.std(0)
+            self.covariate_mean_ = c.mean(0)
+            scale = c.std(0)
             self.covariate_scale_ = np.where(scale > 0, scale, 1.0)
-        elif y.shape[1] != len(self.covariate_mean_):
+        elif c.shape[1] != len(self.covariate_mean_):
             raise ValueError(
-                f"y has {y.shape[1]} covariates, but this CVAE was fitted with "
+                f"conditions have {c.shape[1]} covariates, but this {name} was fitted with "
                 f"{len(self.covariate_mean_)}."
             )
-        return ((y - self.covariate_mean_) / self.covariate_scale_).astype(np.float32)
+        return ((c - self.covariate_mean_) / self.covariate_scale_).astype(np.float32)
 
-    def _validate_X_y(self, X, y, method: str) -> tuple[np.ndarray, np.ndarray]:
-        if y is None:
-            check_is_fitted(self)
-            raise ValueError(_NO_Y_IN_TRANSFORM.format(name=type(self).__name__, method=method))
-        X = self._validate_X(X, reset=False)
-        return X, self._encode_conditions(y, len(X), reset=False)
+    def _conditioned_rows(self, X, conditions, method: str) -> Rows:
+        if conditions is None:
+            self._encode_conditions(None, None, method)
+        rows = self._inference_rows(X)
+        return Rows(
+            rows.X,
+            [self._encode_conditions(conditions, len(rows), method)],
+            check=rows.check,
+        )
 
     # ------------------------------------------------------------------ fit
     @_fit_context(prefer_skip_nested_validation=True)
-    def fit(self, X, y) -> "CVAE":
-        """Train the CVAE on X given the conditions y.
+    def fit(self, X, y=None, *, conditions=None) -> "CVAE":
+        """Train the CVAE on X given the conditions.
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features)
-        y : array-like of shape (n_samples,) or (n_samples, n_covariates)
-            Labels (any dtype) or numeric covariates.
+        X : array-like of shape (n_samples, n_features), memory map or Dataset
+            The modelled data.
+        y : array-like of shape (n_samples,) or (n_samples, n_covariates), default=None
+            The conditions, when ``conditions`` is not given (stand-alone shorthand);
+            otherwise ignored (in a Pipeline it is the downstream target).
+        conditions : array-like of shape (n_samples,) or (n_samples, n_covariates)
+            Labels (any dtype) or numeric covariates: metadata that a Pipeline routes.
 
         Returns
         -------
-        self
+        self : CVAE
+            The fitted estimator.
         """
-        return self._fit_transactional(lambda: self._fit_conditional(X, y))
+        return self._fit(X, y, conditions=conditions)
 
-    def _fit_conditional(self, X, y) -> "CVAE":
-        self._check_trainer_params()
-        X, _ = validate_data(
-            self,
-            X,
-            y,
-            dtype=(np.float64, np.float32),
-            ensure_min_samples=2,
-            multi_output=True,
-            y_numeric=False,
-        )
-        C = self._encode_conditions(y, len(X), reset=True)
-        check_data_fits(X, self.decoder_dist)
-        seed = draw_seed(self.random_state)
-        self._fit_dtype = X.dtype
-        self._set_fitted(self._train((as_tensor(X), as_tensor(C)), seed), seed)
-        return self
+    def _training_rows(self, X, y, conditions=None) -> tuple[Rows, dict]:
+        conditions = y if conditions is None else conditions
+        if conditions is None:
+            # the first words are what scikit-learn's checks look for
+            raise ValueError(
+                "CVAE requires y to be passed, but the target y is None, and so are the "
+                "conditions. " + _HOW_TO_ROUTE.format(name=type(self).__name__, method="fit")
+            )
+        X = self._validate_X(X, reset=True)
+        C = self._encode_conditions(conditions, n_rows(X), "fit")
+        stats = self._scan(X)
+        check_data_fits(np.nanmin(stats.min), np.nanmax(stats.max), self.decoder_dist)
+        return Rows(X, [C]), {"unit": stats.scale()}
 
-    def _build_prior(self, C: Tensor) -> GaussianEncoder | None:
-        if self.prior_network is None:
-            return None
+    def _build_module(self, rows, stats, generator, seed) -> VAEModule:
+        n_cond = rows.aligned[0].shape[1]
+        prior = None
         if self.prior_network == "mlp":
-            width = tuple(self.hidden_layer_sizes)[-1:] or (C.shape[1],)
-            backbone = mlp(C.shape[1], width)
-            return GaussianEncoder(backbone, width[0], self.latent_dim)
-        backbone = private_copy(self.prior_network)
-        return GaussianEncoder(backbone, output_width(backbone, C[:2]), self.latent_dim)
+            width = tuple(self.hidden_layer_sizes)[-1:] or (n_cond,)
+            prior = GaussianEncoder(
+                mlp(n_cond, width, generator=generator),
+                width[0],
+                self.latent_dim,
+                generator=generator,
+            )
+        elif self.prior_network is not None:
+            backbone = private_copy(self.prior_network)
+            example = torch.from_numpy(rows.aligned[0][:2])
+            width = output_width(backbone, example, "prior_network")
+            prior = GaussianEncoder(backbone, width, self.latent_dim, generator=generator)
+        return build_vae_module(self, rows, stats, generator, seed, prior=prior)
 
-    # ------------------------------------------------------------------ inference
-    def fit_transform(self, X, y, **fit_params) -> np.ndarray:
-        """Fit, then encode X given y (the posterior mean)."""
-        return self.fit(X, y, **fit_params).transform(X, y)
-
-    def transform(self, X, y=None) -> np.ndarray:
-        """Encode X given its conditions: the posterior mean of :math:`q(z|x, y)`.
+    def fit_transform(self, X, y=None, *, conditions=None) -> np.ndarray:
+        """Fit, then encode X given the same conditions (both halves get them).
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features)
-        y : array-like of shape (n_samples,) or (n_samples, n_covariates)
-            Required. (Optional in the signature only so that a Pipeline's call without y
-            gets a message that says what to do.)
+        X : array-like of shape (n_samples, n_features), memory map or Dataset
+            The modelled data.
+        y : array-like, default=None
+            The conditions when ``conditions`` is not given; otherwise ignored.
+        conditions : array-like of shape (n_samples,) or (n_samples, n_covariates)
+            Labels or covariates.
 
         Returns
         -------
         Z : ndarray of shape (n_samples, latent_dim)
+            Posterior means.
         """
-        X, C = self._validate_X_y(X, y, "transform")
-        return self._encode([X, C], X.dtype)
+        conditions = y if conditions is None else conditions
+        return self.fit(X, conditions=conditions).transform(X, conditions=conditions)
 
-    def inverse_transform(self, Z, y=None) -> np.ndarray:
-        """Decode latents under the conditions y: the mean of :math:`p(x|z, y)`.
-
-        Any y works: decoding a row's latent under another label or covariate value is a
-        counterfactual (e.g. site harmonisation: encode with the true site, decode with a
-        reference site).
-        """
-        Z = self._validate_Z(Z)
-        if y is None:
-            raise ValueError(
-                _NO_Y_IN_TRANSFORM.format(name=type(self).__name__, method="inverse_transform")
-            )
-        C = self._encode_conditions(y, len(Z), reset=False)
-        return self._to_numpy(self._infer("decode_step", [Z, C], dtype=Z.dtype), Z.dtype)
-
-    def sample(self, y, random_state=None) -> np.ndarray:
-        """Generate one row per row of y: :math:`z \\sim p(z|y)`, then the mean of
-        :math:`p(x|z, y)`.
+    # ------------------------------------------------------------------ inference
+    def transform(self, X, *, conditions=None) -> np.ndarray:
+        """Encode X given its conditions: the posterior mean of :math:`q(z|x, c)`.
 
         Parameters
         ----------
-        y : array-like of shape (n_samples,) or (n_samples, n_covariates)
+        X : array-like of shape (n_samples, n_features), memory map or Dataset
+            The rows to encode.
+        conditions : array-like of shape (n_samples,) or (n_samples, n_covariates)
+            Required: labels or covariates, one per row.
+
+        Returns
+        -------
+        Z : ndarray of shape (n_samples, latent_dim)
+            In X's float dtype.
+        """
+        rows = self._conditioned_rows(X, conditions, "transform")
+        return self._encode(rows, self._output_dtype(X))
+
+    def inverse_transform(self, Z, *, conditions=None) -> np.ndarray:
+        """Decode latents under the given conditions: the mean of :math:`p(x|z, c)`.
+
+        Any conditions work: decoding a row's latent under another label or covariate value is
+        a counterfactual (e.g. site harmonisation: encode with the true site, decode with a
+        reference site).
+
+        Parameters
+        ----------
+        Z : array-like of shape (n_samples, latent_dim)
+            Latent coordinates.
+        conditions : array-like of shape (n_samples,) or (n_samples, n_covariates)
+            Required: the conditions to decode under, one per row.
+
+        Returns
+        -------
+        X : ndarray of shape (n_samples, n_features)
+            In Z's float dtype.
+        """
+        Z = self._validate_Z(Z)
+        C = self._encode_conditions(conditions, len(Z), "inverse_transform")
+        return self._decode([Z, C], Z.dtype)
+
+    def sample(self, n_samples: int = 1, *, conditions=None, random_state=None) -> np.ndarray:
+        """Generate ``n_samples`` rows per row of conditions: :math:`z \\sim p(z|c)`, then the
+        mean of :math:`p(x|z, c)`.
+
+        Parameters
+        ----------
+        n_samples : int, default=1
+            Rows generated for each row of ``conditions``.
+        conditions : array-like of shape (n_conditions,) or (n_conditions, n_covariates)
+            Required: the conditions to generate under.
         random_state : int, RandomState instance or None, default=None
             None uses the estimator's own seed: the same rows at every call.
+
+        Returns
+        -------
+        X : ndarray of shape (n_conditions * n_samples, n_features)
+            Float32; the ``n_samples`` rows of each condition are consecutive.
         """
         check_is_fitted(self)
-        C = self._encode_conditions(y, None, reset=False)
-        mu, logvar = self._infer("prior_step", [C], dtype=self._fit_dtype)
-        seed = self._seed + 4 if random_state is None else draw_seed(random_state)
-        eps = torch.randn(mu.shape, generator=torch.Generator().manual_seed(seed), dtype=mu.dtype)
-        z = reparameterize(mu, logvar, eps)
-        X = self._infer("decode_step", [z, C], dtype=self._fit_dtype)
-        return self._to_numpy(X, self._fit_dtype)
+        check_positive_int(n_samples, "n_samples")
+        C = np.repeat(self._encode_conditions(conditions, None, "sample"), n_samples, axis=0)
+        mu, logvar = self._infer(self.module_.prior_step, Rows(C))
+        generator = torch.Generator().manual_seed(self._sample_seed(random_state))
+        z = reparameterize(mu, logvar, torch.randn(mu.shape, generator=generator))
+        return self._decode([z.numpy(), C], np.float32)
 
-    def score_samples(self, X, y=None, n_draws: int = 10) -> np.ndarray:
-        """Per-sample ELBO of :math:`\\log p(x|y)` at beta = 1, in nats (see VAE)."""
-        X, C = self._validate_X_y(X, y, "score_samples")
-        return self._elbo([X, C], X.dtype, n_draws)
+    def score_samples(self, X, *, conditions=None, n_draws: int = 10) -> np.ndarray:
+        """Per-sample ELBO of :math:`\\log p(x|c)` at beta = 1, in nats.
 
-    def score(self, X, y=None) -> float:
-        """Mean per-sample ELBO at beta = 1 given the conditions (nats; higher is better)."""
-        return float(np.mean(self.score_samples(X, y)))
+        .. math:: \\frac1K \\sum_k \\log p(x|z_k, c) - KL(q(z|x, c) \\| p(z|c))
 
-    def log_likelihood(self, X, y=None, n_importance: int = 100) -> np.ndarray:
-        """Importance-weighted estimate of :math:`\\log p(x|y)` per sample, in nats."""
-        X, C = self._validate_X_y(X, y, "log_likelihood")
-        return self._importance_weighted([X, C], X.dtype, n_importance)
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features), memory map or Dataset
+            The rows to score.
+        conditions : array-like of shape (n_samples,) or (n_samples, n_covariates)
+            Required: labels or covariates, one per row.
+        n_draws : int, default=10
+            Number K of seeded latent draws, shared by every row.
+
+        Returns
+        -------
+        ndarray of shape (n_samples,)
+            The ELBO of each row, float64.
+        """
+        return self._elbo(self._conditioned_rows(X, conditions, "score_samples"), n_draws)
+
+    def score(self, X, y=None, *, conditions=None) -> float:
+        """Mean per-sample ELBO at beta = 1 given the conditions (nats; higher is better).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features), memory map or Dataset
+            The rows to score.
+        y : array-like, default=None
+            The conditions when ``conditions`` is not given; otherwise ignored.
+        conditions : array-like of shape (n_samples,) or (n_samples, n_covariates)
+            Labels or covariates, one per row.
+
+        Returns
+        -------
+        float
+            The mean of :meth:`score_samples`.
+        """
+        conditions = y if conditions is None else conditions
+        return float(np.mean(self.score_samples(X, conditions=conditions)))
+
+    def log_likelihood(self, X, *, conditions=None, n_importance: int = 100) -> np.ndarray:
+        """Importance-weighted estimate of :math:`\\log p(x|c)` per sample, in nats.
+
+        .. math:: \\log \\frac1K \\sum_k \\frac{p(x|z_k, c)\\, p(z_k|c)}{q(z_k|x, c)},
+            \\quad z_k \\sim q(z|x, c)
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features), memory map or Dataset
+            The rows to score.
+        conditions : array-like of shape (n_samples,) or (n_samples, n_covariates)
+            Required: labels or covariates, one per row.
+        n_importance : int, default=100
+            Number K of importance draws.
+
+        Returns
+        -------
+        ndarray of shape (n_samples,)
+            The estimate for each row, float64.
+        """
+        rows = self._conditioned_rows(X, conditions, "log_likelihood")
+        return self._importance_weighted(rows, n_importance)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
+        # the checks then pass y to fit, which takes it as the conditions
         tags.target_tags.required = True
         return tags

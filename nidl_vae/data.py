@@ -1,31 +1,239 @@
-"""Arrays to batches: in-memory tensors sliced once per batch, and inference batch loops."""
+"""Where rows come from: in-memory arrays, arrays on disk, or a torch Dataset, read a batch of
+rows at a time as float32 tensors.
 
-from collections.abc import Iterator, Sequence
+Nothing here copies X whole: training and inference read one batch of rows at a time (sorted
+indices, which memory maps and HDF5 files read faster), and statistics of the data are
+accumulated in float64 over chunks of rows.
+"""
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
+from scipy import sparse
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+# rows x features read or decoded at once by inference and statistics loops: 2^22 float32
+# values are 16 MB
+CHUNK_VALUES = 2**22
+# inference batches are padded to at least this many rows: CPU matrix kernels round a row's
+# result differently for tiny batches, and a row's result must not depend on its neighbours
+MIN_INFERENCE_ROWS = 16
 
-class TensorBatches(Dataset):
-    """A dataset of aligned tensors whose batches are fetched with one slice each.
 
-    A :class:`~torch.utils.data.DataLoader` calls ``__getitems__`` with a batch of indices,
-    so a batch costs one fancy-indexing per tensor instead of one ``__getitem__`` per sample.
+def is_streamed(X) -> bool:
+    """Whether X is read from where it lies (a memory map, an HDF5 or zarr dataset, a torch
+    Dataset) rather than validated and held in memory."""
+    if isinstance(X, Dataset):
+        return True
+    if isinstance(X, np.memmap):
+        return True
+    if isinstance(X, (np.ndarray, Tensor, list, tuple)) or hasattr(X, "columns"):
+        return False
+    if sparse.issparse(X):
+        return False  # scikit-learn's validation refuses it with a clear message
+    return all(hasattr(X, a) for a in ("shape", "dtype", "ndim", "__getitem__"))
+
+
+def rows_in_chunk(n_features: int) -> int:
+    return max(1, CHUNK_VALUES // max(1, n_features))
+
+
+def _read_dataset_rows(dataset: Dataset, index: np.ndarray) -> np.ndarray:
+    return np.stack([np.asarray(dataset[int(i)], dtype=np.float32).reshape(-1) for i in index])
+
+
+def read_rows(X, index: np.ndarray | slice) -> np.ndarray:
+    """Rows of X (array-like or Dataset of samples) as a NumPy array in X's own float type.
+
+    ``index`` is a slice or sorted integer indices: both are what memory maps, h5py and zarr
+    read fastest.
+    """
+    if isinstance(X, Dataset) and not hasattr(X, "shape"):
+        if isinstance(index, slice):
+            index = np.arange(*index.indices(len(X)))
+        return _read_dataset_rows(X, index)
+    if isinstance(index, np.ndarray) and len(index) and index[-1] - index[0] + 1 == len(index):
+        index = slice(int(index[0]), int(index[-1]) + 1)  # consecutive rows: one read
+    rows = np.asarray(X[index])
+    return rows if rows.dtype in (np.float32, np.float64) else rows.astype(np.float64)
+
+
+def check_finite(rows: np.ndarray, allow_nan: bool, name: str) -> np.ndarray:
+    """``rows``, or a ValueError if they hold infinite (or, unless ``allow_nan``, NaN) values."""
+    if not np.isfinite(rows).all():
+        bad = rows[~np.isfinite(rows)]
+        if np.isinf(bad).any() or not allow_nan:
+            what = "infinity" if np.isinf(bad).any() else "NaN"
+            raise ValueError(
+                f"Input X contains {what}; {name} needs finite values (impute or drop them first)."
+            )
+    return rows
+
+
+def n_rows(X) -> int:
+    return len(X) if isinstance(X, Dataset) and not hasattr(X, "shape") else int(X.shape[0])
+
+
+@dataclass
+class Moments:
+    """Per-feature statistics of the rows, accumulated in float64 (NaN cells left out)."""
+
+    count: np.ndarray
+    mean: np.ndarray
+    var: np.ndarray
+    min: np.ndarray
+    max: np.ndarray
+
+    def block(self, start: int, stop: int) -> "Moments":
+        """The statistics of columns ``start:stop``."""
+        cols = slice(start, stop)
+        return Moments(
+            self.count[cols], self.mean[cols], self.var[cols], self.min[cols], self.max[cols]
+        )
+
+    def scale(self) -> float:
+        """Root-mean-square of the features' standard deviations (1 if all are constant)."""
+        rms = float(np.sqrt(np.mean(self.var))) if self.var.size else 0.0
+        return rms if rms > 0 and np.isfinite(rms) else 1.0
+
+
+def moments(chunks: Iterator[np.ndarray], nan_aware: bool = False) -> Moments:
+    """Per-feature mean and variance of the rows of ``chunks``, computed chunk by chunk in
+    float64 (Chan et al.'s pairwise update): no float64 copy of X is ever made. With
+    ``nan_aware``, NaN cells are left out of each feature's statistics."""
+    count = total_mean = m2 = lo = hi = None
+    for chunk in chunks:
+        if nan_aware:
+            seen = ~np.isnan(chunk)
+            n = seen.sum(0)
+            mean = np.where(seen, chunk, 0).sum(0, dtype=np.float64) / np.maximum(n, 1)
+            dev = np.where(seen, chunk - mean.astype(chunk.dtype), 0)
+            # fmin/fmax skip NaN; an all-NaN column stays NaN
+            chunk_lo, chunk_hi = np.fmin.reduce(chunk, 0), np.fmax.reduce(chunk, 0)
+        else:
+            n = np.full(chunk.shape[1], len(chunk))
+            mean = chunk.sum(0, dtype=np.float64) / len(chunk)
+            dev = chunk - mean.astype(chunk.dtype)
+            chunk_lo, chunk_hi = chunk.min(0), chunk.max(0)
+        chunk_m2 = np.einsum("ij,ij->j", dev, dev, dtype=np.float64)
+        if count is None:
+            count, total_mean, m2, lo, hi = n, mean, chunk_m2, chunk_lo, chunk_hi
+            continue
+        lo, hi = np.fmin(lo, chunk_lo), np.fmax(hi, chunk_hi)
+        both = np.maximum(count + n, 1)
+        delta = mean - total_mean
+        total_mean = total_mean + delta * n / both
+        m2 = m2 + chunk_m2 + delta**2 * count * n / both
+        count = count + n
+    var = np.where(count > 1, m2 / np.maximum(count, 1), 0.0)
+    return Moments(count, total_mean, var, lo.astype(np.float64), hi.astype(np.float64))
+
+
+def iter_chunks(X, rows: Sequence[int] | None = None) -> Iterator[np.ndarray]:
+    """Consecutive chunks of X's rows (all rows, or the sorted ``rows``), about
+    ``CHUNK_VALUES`` values each."""
+    n_features = int(np.prod(X.shape[1:])) if hasattr(X, "shape") else len(read_rows(X, [0])[0])
+    step = rows_in_chunk(n_features)
+    if rows is None:
+        for start in range(0, n_rows(X), step):
+            yield read_rows(X, slice(start, start + step))
+        return
+    rows = np.asarray(rows)
+    for start in range(0, len(rows), step):
+        yield read_rows(X, rows[start : start + step])
+
+
+class Rows(Dataset):
+    """Rows of X with aligned in-memory arrays (conditions, masks), as float32 tensors.
+
+    A DataLoader calls ``__getitems__`` with a batch of indices: X is read once per batch
+    (sorted indices; order within a batch does not matter to a gradient step) and ``prepare``
+    turns the raw rows into the tensors a module's step takes (by default the rows alone).
+
+    Parameters
+    ----------
+    X : ndarray, array-like that slices rows (memory map, h5py, zarr), or Dataset of samples
+    aligned : sequence of ndarray
+        Arrays with one row per row of X, kept in memory.
+    indices : ndarray, optional
+        The rows of X this dataset holds (a training or validation subset); all by default.
+    prepare : callable, optional
+        Maps the raw rows (NumPy, X's float type) to a tuple of arrays.
+    check : str, optional
+        Check each batch read for non-finite values, naming this estimator in the error: for
+        streamed X at inference, whose values nothing else has checked.
+    allow_nan : bool, default=False
+        With ``check``, let NaN through (infinity is still an error).
     """
 
-    def __init__(self, *tensors: Tensor):
-        self.tensors = tensors
+    def __init__(
+        self,
+        X,
+        aligned: Sequence[np.ndarray] = (),
+        indices: np.ndarray | None = None,
+        prepare: Callable[[np.ndarray], tuple[np.ndarray, ...]] | None = None,
+        check: str | None = None,
+        allow_nan: bool = False,
+    ):
+        self.X = X
+        self.aligned = tuple(aligned)
+        self.indices = indices
+        self.prepare = prepare
+        self.check = check
+        self.allow_nan = allow_nan
+
+    def __len__(self) -> int:
+        return n_rows(self.X) if self.indices is None else len(self.indices)
+
+    def subset(self, indices: np.ndarray) -> "Rows":
+        held = indices if self.indices is None else self.indices[indices]
+        return Rows(self.X, self.aligned, held, self.prepare, self.check, self.allow_nan)
+
+    def __getitem__(self, index):
+        return self.__getitems__([index])
+
+    def __getitems__(self, indices) -> tuple[Tensor, ...]:
+        index = np.sort(np.asarray(indices, dtype=np.int64))
+        if self.indices is not None:
+            index = self.indices[index]
+        return self.read(index)
+
+    def read(self, index: np.ndarray | slice) -> tuple[Tensor, ...]:
+        """The tensors of the rows ``index`` of X (sorted indices or a slice)."""
+        raw = read_rows(self.X, index)
+        if self.check is not None:
+            check_finite(raw, self.allow_nan, self.check)
+        arrays = self.prepare(raw) if self.prepare is not None else (raw,)
+        arrays = (*arrays, *(a[index] for a in self.aligned))
+        return tuple(torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)) for a in arrays)
+
+    def batches(self, batch_rows: int) -> Iterator[tuple[Tensor, ...]]:
+        """Consecutive batches of rows, in order (for inference)."""
+        for start in range(0, len(self), batch_rows):
+            stop = min(start + batch_rows, len(self))
+            index = slice(start, stop) if self.indices is None else self.indices[start:stop]
+            yield self.read(index)
+
+    @property
+    def n_features(self) -> int:
+        return int(self.read(slice(0, 1) if self.indices is None else self.indices[:1])[0].shape[1])
+
+
+class DeviceRows(Dataset):
+    """In-memory rows moved to a GPU once, as float32, and sliced there per batch."""
+
+    def __init__(self, rows: Rows, device: torch.device):
+        whole = rows.read(slice(None) if rows.indices is None else rows.indices)
+        self.tensors = tuple(t.to(device) for t in whole)
 
     def __len__(self) -> int:
         return len(self.tensors[0])
 
-    def __getitem__(self, index):
-        return tuple(t[index] for t in self.tensors)
-
-    def __getitems__(self, indices: list[int]) -> tuple[Tensor, ...]:
-        index = torch.as_tensor(indices)
+    def __getitems__(self, indices) -> tuple[Tensor, ...]:
+        index = torch.as_tensor(indices, device=self.tensors[0].device)
         return tuple(t[index] for t in self.tensors)
 
 
@@ -35,25 +243,30 @@ def _keep_batch(batch):
 
 
 def make_loader(
-    tensors: Sequence[Tensor], batch_size: int, shuffle: bool, seed: int | None = None
+    rows: Dataset,
+    batch_size: int,
+    shuffle: bool,
+    seed: int,
+    num_workers: int = 0,
+    pin_memory: bool = False,
 ) -> DataLoader:
-    """A DataLoader over in-memory tensors, shuffled by its own seeded generator."""
-    generator = torch.Generator().manual_seed(seed) if shuffle else None
+    """A DataLoader over ``rows``, its shuffling and worker seeds drawn from its own generator
+    (never from torch's global one)."""
     return DataLoader(
-        TensorBatches(*tensors),
+        rows,
         batch_size=batch_size,
         shuffle=shuffle,
-        generator=generator,
+        generator=torch.Generator().manual_seed(seed),
         collate_fn=_keep_batch,
+        num_workers=num_workers,
+        persistent_workers=num_workers > 0,
+        pin_memory=pin_memory,
     )
 
 
-def as_tensor(array: np.ndarray, dtype: torch.dtype = torch.float32) -> Tensor:
-    """A tensor holding a copy of ``array`` (read-only and memory-mapped arrays welcome)."""
-    return torch.tensor(np.asarray(array), dtype=dtype)
-
-
-def iter_batches(tensors: Sequence[Tensor], batch_size: int) -> Iterator[tuple[Tensor, ...]]:
-    """Consecutive slices of aligned tensors, in order."""
-    for start in range(0, len(tensors[0]), batch_size):
-        yield tuple(t[start : start + batch_size] for t in tensors)
+def pad_rows(batch: tuple[Tensor, ...], min_rows: int = MIN_INFERENCE_ROWS):
+    """Zero rows appended to a batch smaller than ``min_rows``, and the true number of rows."""
+    n = len(batch[0])
+    if n >= min_rows:
+        return batch, n
+    return tuple(torch.cat([t, t.new_zeros(min_rows - n, *t.shape[1:])]) for t in batch), n

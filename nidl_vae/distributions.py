@@ -7,7 +7,6 @@ likelihoods are either fixed or learned per feature (:class:`DecoderLikelihood`)
 
 import math
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -20,6 +19,8 @@ DECODER_DISTS = ("normal", "laplace", "bernoulli", "categorical")
 # The floor: a feature that is (almost) constant in the training data drives its own scale
 # towards zero and its likelihood towards infinity (an absolute floor of 1e-3 let the border
 # pixels of digits reach 0.004), so the loss rewards nats that carry no information.
+HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+LOG_2 = math.log(2.0)
 LEARNED_SCALE_START = 0.4
 LEARNED_SCALE_FLOOR = 0.1
 
@@ -27,9 +28,12 @@ LEARNED_SCALE_FLOOR = 0.1
 def normal_log_prob(x: Tensor, loc: Tensor, scale: Tensor | float) -> Tensor:
     """:math:`\\sum_j \\log N(x_j; \\mu_j, \\sigma_j^2)
     = -\\sum_j [\\frac12\\log 2\\pi + \\log\\sigma_j + (x_j-\\mu_j)^2 / 2\\sigma_j^2]`."""
+    # the per-feature constants are summed once, not broadcast over the batch: at 10^5
+    # features every full-size temporary costs as much as a layer of the network
     scale = torch.as_tensor(scale, dtype=loc.dtype, device=loc.device)
-    return -(0.5 * math.log(2 * math.pi) + torch.log(scale) + 0.5 * ((x - loc) / scale) ** 2).sum(
-        -1
+    z = (x - loc) / scale
+    return -0.5 * (z * z).sum(-1) - (
+        _log_scale_sum(scale, loc.shape[-1]) + HALF_LOG_2PI * loc.shape[-1]
     )
 
 
@@ -37,7 +41,14 @@ def laplace_log_prob(x: Tensor, loc: Tensor, scale: Tensor | float) -> Tensor:
     """:math:`\\sum_j \\log \\mathrm{Laplace}(x_j; \\mu_j, b_j)
     = -\\sum_j [\\log 2b_j + |x_j-\\mu_j| / b_j]`."""
     scale = torch.as_tensor(scale, dtype=loc.dtype, device=loc.device)
-    return -(torch.log(2 * scale) + (x - loc).abs() / scale).sum(-1)
+    return -((x - loc).abs() / scale).sum(-1) - (
+        _log_scale_sum(scale, loc.shape[-1]) + LOG_2 * loc.shape[-1]
+    )
+
+
+def _log_scale_sum(scale: Tensor, n_features: int) -> Tensor:
+    r""":math:`\sum_j \log \sigma_j` for a per-feature or a single scale."""
+    return torch.log(scale).sum(-1) if scale.dim() else torch.log(scale) * n_features
 
 
 def bernoulli_log_prob(x: Tensor, logits: Tensor) -> Tensor:
@@ -57,21 +68,14 @@ def categorical_log_prob(x: Tensor, logits: Tensor) -> Tensor:
     return (x * torch.log_softmax(logits, dim=-1)).sum(-1)
 
 
-def check_data_fits(values: np.ndarray, dist: str, what: str = "X", where: str = "") -> None:
-    """A ValueError, before training, when a family read from logits gets values outside [0, 1]."""
-    if dist in ("bernoulli", "categorical") and (values.min() < 0 or values.max() > 1):
+def check_data_fits(low: float, high: float, dist: str, what: str = "X", where: str = "") -> None:
+    """A ValueError, before training, when a family read from logits gets values outside [0, 1]
+    (``low`` and ``high`` are the data's minimum and maximum)."""
+    if dist in ("bernoulli", "categorical") and (low < 0 or high > 1):
         raise ValueError(
             f"decoder_dist={dist!r}{where} needs {what} in [0, 1]; got values in "
-            f"[{values.min():.3g}, {values.max():.3g}]. Scale the data (e.g. MinMaxScaler) or "
-            "use 'normal'."
+            f"[{low:.3g}, {high:.3g}]. Scale the data (e.g. MinMaxScaler) or use 'normal'."
         )
-
-
-def data_scale(X: Tensor) -> float:
-    """Root-mean-square of the features' standard deviations: the unit that a learned scale's
-    start and floor are expressed in (1 when every feature is constant)."""
-    rms = float(X.double().var(0).mean().sqrt())
-    return rms if rms > 0 else 1.0
 
 
 class DecoderLikelihood(nn.Module):
@@ -88,7 +92,7 @@ class DecoderLikelihood(nn.Module):
     n_features : int
         Number of features, the size of a learned scale.
     unit : float, default=1.0
-        The data's scale, :func:`data_scale` of the training data.
+        The data's scale: the root-mean-square of its features' standard deviations.
     """
 
     def __init__(self, dist: str, scale: float | str, n_features: int, unit: float = 1.0):

@@ -1,37 +1,53 @@
-"""The LightningModule side shared by every model: loss bookkeeping, history and optimizer.
+"""The LightningModule side shared by every model: the steps a model writes, its own noise
+generator, loss bookkeeping, history and optimizer.
 
-A model's module subclasses :class:`BaseVAEModule` and writes its math: ``loss_terms`` (the
-per-sample loss and its parts), ``transform_step`` (posterior parameters), and the inference
-steps the estimator calls (``elbo_step``, ``log_likelihood_step``, ``decode_step``).
+A model's module subclasses :class:`BaseVAEModule` and writes its math in the abstract
+methods: ``loss_terms`` (the batch means of the loss and its parts), ``encode_step``
+(posterior parameters), ``decode_step`` (decoded means), and the per-draw log-weights that
+``elbo_step`` and ``log_likelihood_step`` reduce over latent draws.
 
-Per-epoch means of the loss terms are accumulated on the device without a host sync per step,
-and kept in registered buffers: unlike Python lists, buffers come back from spawned
-processes (``strategy='ddp_spawn'``) with the weights.
+Training noise comes from a generator the module owns, seeded by the estimator, so fits
+running in several threads neither disturb nor depend on one another. Per-epoch means of the
+loss terms are accumulated on the device without a host sync per step, and kept in registered
+buffers: unlike Python lists, buffers come back from spawned processes with the weights.
 """
 
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 
 import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
-# latent rows decoded at once when a step decodes many draws per data row
-DECODE_CHUNK_ROWS = 65536
+from .data import CHUNK_VALUES
+from .objectives import gaussian_log_density
+
+LatentTerms = Callable[[Tensor], Tensor]
 
 
-def over_draws(fn: Callable[[Tensor], Tensor], z: Tensor) -> Tensor:
-    """Apply ``fn`` to latent draws ``z`` of shape (K, B, D) a chunk of draws at a time.
-
-    ``fn`` maps a chunk (k, B, D) to a tensor, (k, B) or a per-chunk reduction; the results
-    are concatenated. The chunks keep at most ``DECODE_CHUNK_ROWS`` decoded rows in memory,
-    so K x B can be large.
-    """
-    step = max(1, DECODE_CHUNK_ROWS // z.shape[1])
-    return torch.cat([fn(chunk) for chunk in z.split(step)])
+def draws_per_chunk(batch_rows: int, n_features: int) -> int:
+    """Latent draws decoded at once: about ``CHUNK_VALUES`` decoded values, at least one."""
+    return max(1, CHUNK_VALUES // max(1, batch_rows * n_features))
 
 
-class BaseVAEModule(pl.LightningModule):
+def mean_over_draws(fn: LatentTerms, eps: Tensor, per_chunk: int) -> Tensor:
+    """:math:`\\frac1K \\sum_k f(\\epsilon_k)` for ``fn`` mapping a chunk of noise draws
+    (k, D) to per-draw values (k, B, ...), a chunk at a time: memory does not grow with K."""
+    total = sum(fn(chunk).sum(0) for chunk in eps.split(per_chunk))
+    return total / len(eps)
+
+
+def logmeanexp_over_draws(fn: LatentTerms, eps: Tensor, per_chunk: int) -> Tensor:
+    """:math:`\\log \\frac1K \\sum_k \\exp f(\\epsilon_k)`, a chunk of draws at a time."""
+    running = None
+    for chunk in eps.split(per_chunk):
+        part = torch.logsumexp(fn(chunk), dim=0)
+        running = part if running is None else torch.logaddexp(running, part)
+    return running - math.log(len(eps))
+
+
+class BaseVAEModule(pl.LightningModule, ABC):
     """Training plumbing for a VAE-family model.
 
     Parameters
@@ -42,40 +58,98 @@ class BaseVAEModule(pl.LightningModule):
         Adam's learning rate and (L2) weight decay.
     max_epochs : int
         Rows of the history buffers.
+    seed : int, default=0
+        Seed of the module's own noise generator (one per device and process rank).
     """
 
     def __init__(
-        self, loss_names: tuple[str, ...], lr: float, weight_decay: float, max_epochs: int
+        self,
+        loss_names: tuple[str, ...],
+        lr: float,
+        weight_decay: float,
+        max_epochs: int,
+        seed: int = 0,
     ):
         super().__init__()
         self.loss_names = tuple(loss_names)
         self.lr = lr
         self.weight_decay = weight_decay
+        self.seed = seed
+        self._noise: torch.Generator | None = None
         n_terms = len(self.loss_names)
         self.register_buffer("history_train", torch.full((max_epochs, n_terms), math.nan))
         self.register_buffer("history_val", torch.full((max_epochs, n_terms), math.nan))
         self.register_buffer("epochs_done", torch.zeros((), dtype=torch.long))
+        self.register_buffer("steps_done", torch.zeros((), dtype=torch.long))
         # running sums of the terms over the epoch in progress, and its row counts
         self.register_buffer("_train_sums", torch.zeros(n_terms), persistent=False)
         self.register_buffer("_val_sums", torch.zeros(n_terms), persistent=False)
         self._counts = {"train": 0, "val": 0}
 
-    # -- to be written by each model ------------------------------------------------------
+    # -- written by each model -------------------------------------------------------------
+    @abstractmethod
     def loss_terms(self, batch: tuple[Tensor, ...]) -> Tensor:
         """Batch means of the loss terms, a tensor of shape ``(len(loss_names),)``."""
-        raise NotImplementedError
 
-    def transform_step(self, batch: tuple[Tensor, ...]) -> tuple[Tensor, Tensor]:
+    @abstractmethod
+    def encode_step(self, batch: tuple[Tensor, ...]) -> tuple[Tensor, Tensor]:
         """Posterior mean and log-variance of each row."""
-        raise NotImplementedError
+
+    @abstractmethod
+    def decode_step(self, batch: tuple[Tensor, ...]) -> Tensor:
+        """Decoded means for each latent row; the batch is the latents first."""
+
+    @abstractmethod
+    def log_weight_terms(
+        self, batch: tuple[Tensor, ...]
+    ) -> tuple[Tensor, Tensor, Tensor, LatentTerms, LatentTerms]:
+        """What the ELBO and the importance weights of a batch need: the posterior's mean and
+        log-variance, the KL to the prior per row, a function mapping latent draws (k, B, D)
+        to :math:`\\log p(x|z)` (k, B), and one mapping them to :math:`\\log p(z)` (k, B)."""
+
+    # -- inference shared by every model ------------------------------------------------------
+    def standard_normal(self, like: Tensor, shape: tuple[int, ...] | None = None) -> Tensor:
+        """Standard normal noise from the module's own generator, on ``like``'s device."""
+        if self._noise is None or self._noise.device != like.device:
+            self._noise = torch.Generator(device=like.device).manual_seed(self.seed)
+        shape = like.shape if shape is None else shape
+        return torch.randn(shape, generator=self._noise, device=like.device, dtype=like.dtype)
+
+    def _draws(self, mu: Tensor, logvar: Tensor, eps: Tensor) -> Tensor:
+        return mu + torch.exp(0.5 * logvar) * eps[:, None, :]
+
+    def elbo_step(self, batch: tuple[Tensor, ...], eps: Tensor, per_chunk: int) -> Tensor:
+        """Per-row ELBO at beta = 1 over the K shared noise draws ``eps`` (K, D):
+        :math:`\\frac1K \\sum_k \\log p(x|z_k) - KL(q(z|x) \\| p(z))`."""
+        mu, logvar, kl, log_lik, _ = self.log_weight_terms(batch)
+        return mean_over_draws(lambda e: log_lik(self._draws(mu, logvar, e)), eps, per_chunk) - kl
+
+    def log_likelihood_step(self, batch: tuple[Tensor, ...], eps: Tensor, per_chunk: int) -> Tensor:
+        """Importance-weighted :math:`\\log p(x)` with the posterior as proposal:
+        :math:`\\log \\frac1K \\sum_k p(x|z_k) p(z_k) / q(z_k|x)`."""
+        mu, logvar, _, log_lik, log_prior = self.log_weight_terms(batch)
+
+        def log_weights(e: Tensor) -> Tensor:
+            z = self._draws(mu, logvar, e)
+            return log_lik(z) + log_prior(z) - gaussian_log_density(z, mu, logvar)
+
+        return logmeanexp_over_draws(log_weights, eps, per_chunk)
 
     # -- Lightning hooks --------------------------------------------------------------------
     def configure_optimizers(self):
         return torch.optim.Adam(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
 
+    def on_fit_start(self) -> None:
+        # one noise stream per process: ranks of a distributed fit see different data
+        self._noise = torch.Generator(device=self.device).manual_seed(self.seed + self.global_rank)
+
+    def on_fit_end(self) -> None:
+        self._noise = None
+
     def training_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> Tensor:
         terms = self.loss_terms(batch)
         self._accumulate("train", self._train_sums, terms, len(batch[0]))
+        self.steps_done.add_(1)
         return terms[0]
 
     def validation_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> None:
@@ -104,9 +178,7 @@ class BaseVAEModule(pl.LightningModule):
         self.epochs_done.fill_(self.current_epoch + 1)
         if not torch.isfinite(means[0]):
             raise FloatingPointError(
-                f"The training loss became {means[0].item()} in epoch {self.current_epoch}. "
-                "Try a smaller lr, scaling the input (e.g. StandardScaler), a fixed decoder_scale, "
-                "or precision='32-true'."
+                nan_message(f"became {means[0].item()} in epoch {self.current_epoch}")
             )
         self.log_dict({k: v for k, v in zip(self.loss_names, means, strict=True)}, prog_bar=True)
 
@@ -129,3 +201,15 @@ class BaseVAEModule(pl.LightningModule):
         if n and not torch.isnan(val).all():
             out.update({f"val_{k}": val[:, i].tolist() for i, k in enumerate(self.loss_names)})
         return out
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        state["_noise"] = None  # a generator is rebuilt from the seed when needed
+        return state
+
+
+def nan_message(what: str) -> str:
+    return (
+        f"The training loss {what}. Try a smaller lr, scaling the input (e.g. "
+        "StandardScaler), a fixed decoder_scale, or precision='32-true'."
+    )

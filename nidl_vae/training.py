@@ -1,56 +1,94 @@
-"""The quiet Lightning Trainer every estimator trains with, and its callbacks."""
+"""The quiet Lightning Trainer every estimator trains with, and its callbacks.
 
+Quiet without touching process-wide state: Lightning's info messages are dropped by a logging
+filter only for records emitted by a thread that is running a quiet fit, so a fit in a
+background thread neither silences nor is disturbed by other threads. The handful of Lightning
+warnings that a scikit-learn user cannot act on (hints about DataLoader workers for in-memory
+slicing, a deprecation inside Lightning itself) are filtered by message once, at import.
+"""
+
+import copy
 import logging
+import threading
 import warnings
 from contextlib import contextmanager
 
 import pytorch_lightning as pl
+from lightning_fabric.utilities.exceptions import MisconfigurationException
 from pytorch_lightning.callbacks import Callback, EarlyStopping
-from pytorch_lightning.utilities.warnings import PossibleUserWarning
 
-# Trainer arguments that are estimator parameters: set them there, so clone and GridSearchCV
-# see them.
-RESERVED_TRAINER_ARGS = ("max_epochs", "accelerator", "devices", "precision")
 _LIGHTNING_LOGGERS = ("pytorch_lightning", "lightning.pytorch", "lightning_fabric", "lightning")
+
+for _message in (
+    # torch >= 2.13 deprecates a class Lightning 2.6 still builds per batch
+    r".*isinstance\(treespec, LeafSpec\).*",
+    # every module defines validation_step; only early stopping gives it data
+    r".*`validation_step` but have no `val_dataloader`.*",
+    # batches are sliced from memory or read by the estimator: workers are the user's choice
+    r".*does not have many workers.*",
+    r".*`IterableDataset` has `__len__` defined.*",
+):
+    warnings.filterwarnings("ignore", message=_message)
+
+
+class _QuietThreads(logging.Filter):
+    """Drops Lightning's records emitted by threads in a quiet fit (a set of thread ids)."""
+
+    def __init__(self):
+        super().__init__()
+        self.threads: set[int] = set()
+        self.lock = threading.Lock()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or record.thread not in self.threads
+
+
+_QUIET = _QuietThreads()
+
+
+def _install_filter() -> None:
+    """Attach the filter to every Lightning logger and to the handlers their records reach."""
+    names = [
+        name
+        for name in list(logging.root.manager.loggerDict)
+        if name.split(".")[0] in _LIGHTNING_LOGGERS
+    ]
+    for name in names:
+        logger = logging.getLogger(name)
+        for target in (logger, *logger.handlers):
+            if _QUIET not in target.filters:
+                target.addFilter(_QUIET)
+    for handler in logging.root.handlers:
+        if _QUIET not in handler.filters:
+            handler.addFilter(_QUIET)
 
 
 @contextmanager
 def quiet_lightning(verbose: bool):
-    """Silence Lightning's info messages and performance hints unless ``verbose``.
-
-    Logger levels and warning filters are restored on exit.
-    """
-    with warnings.catch_warnings():
-        # torch >= 2.13 deprecates a class Lightning 2.6 still builds per batch: nothing a user
-        # can act on
-        warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
-        # every module defines validation_step; only early stopping gives it data
-        warnings.filterwarnings(
-            "ignore", message=".*`validation_step` but have no `val_dataloader`.*"
-        )
-        if verbose:
-            yield
-            return
-        with _silenced():
-            yield
-
-
-@contextmanager
-def _silenced():
-    loggers = [logging.getLogger(name) for name in _LIGHTNING_LOGGERS]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.WARNING)
+    """Silence Lightning's info messages from this thread unless ``verbose``."""
+    if verbose:
+        yield
+        return
+    _install_filter()
+    ident = threading.get_ident()
+    with _QUIET.lock:
+        _QUIET.threads.add(ident)
     try:
-        with warnings.catch_warnings():
-            # hints about DataLoader workers, logging intervals and the like: in-memory data
-            # sliced per batch needs no workers
-            warnings.simplefilter("ignore", PossibleUserWarning)
-            warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-            yield
+        yield
     finally:
-        for lg, level in zip(loggers, levels, strict=True):
-            lg.setLevel(level)
+        with _QUIET.lock:
+            _QUIET.threads.discard(ident)
+
+
+def interrupted(exc: BaseException) -> bool:
+    """Whether ``exc`` is how Lightning ends a fit on Ctrl+C: ``sys.exit(1)`` in the main
+    thread, a ValueError from ``signal.signal`` in another, both raised while handling the
+    KeyboardInterrupt."""
+    while exc is not None:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        exc = exc.__context__
+    return False
 
 
 class RestoreBestWeights(Callback):
@@ -73,7 +111,7 @@ class RestoreBestWeights(Callback):
             self.best_state = {
                 k: v.detach().clone()
                 for k, v in module.state_dict().items()
-                if not k.startswith(("history_", "epochs_done"))
+                if not k.startswith(("history_", "epochs_done", "steps_done"))
             }
 
     def on_fit_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
@@ -96,7 +134,8 @@ def build_trainer(
 
     Logger, checkpointing, model summary, sanity validation and the progress bar are off
     (the bar is on when ``verbose``); ``trainer_params`` overrides any of these and adds any
-    other Trainer argument; its callbacks run before the estimator's own.
+    other Trainer argument. Its callbacks are deep-copied, so every fit starts them afresh,
+    and run before the estimator's own. An impossible device setting is a ValueError.
     """
     options = dict(
         max_epochs=max_epochs,
@@ -115,10 +154,16 @@ def build_trainer(
     if isinstance(user_callbacks, Callback):
         user_callbacks = [user_callbacks]
     options.update(user)
-    callbacks = list(user_callbacks)
+    callbacks = copy.deepcopy(list(user_callbacks))
     if early_stopping_patience is not None:
         callbacks += [
             EarlyStopping(monitor="val_loss", patience=early_stopping_patience, mode="min"),
             RestoreBestWeights("val_loss"),
         ]
-    return pl.Trainer(callbacks=callbacks, **options)
+    try:
+        return pl.Trainer(callbacks=callbacks, **options)
+    except MisconfigurationException as exc:
+        raise ValueError(
+            f"accelerator={accelerator!r}, devices={devices!r} cannot be used here: {exc} "
+            "Use accelerator='auto' (a GPU when there is one, else the CPU) and devices=1."
+        ) from None

@@ -20,26 +20,24 @@ import numpy as np
 import torch
 from sklearn.base import _fit_context
 from sklearn.utils._param_validation import Interval, StrOptions
-from sklearn.utils.validation import check_array, check_is_fitted
 from torch import Tensor, nn
 
-from .base import BaseVAEEstimator, draw_seed, private_copy
-from .data import as_tensor
-from .distributions import DecoderLikelihood, check_data_fits, data_scale
-from .module import BaseVAEModule, over_draws
+from .base import (
+    BaseVAEEstimator,
+    check_layer_sizes,
+    fill_shared_docs,
+    private_copy,
+)
+from .data import Rows
+from .distributions import DecoderLikelihood, check_data_fits
+from .module import BaseVAEModule
 from .networks import GaussianEncoder, mlp, output_width
 from .objectives import (
     gaussian_kl,
     gaussian_log_density,
-    importance_weighted_log_likelihood,
     reparameterize,
     standard_normal_log_density,
 )
-
-
-def _check_positive_int(value, name: str) -> None:
-    if not isinstance(value, Integral) or value < 1:
-        raise ValueError(f"{name} must be a positive integer; got {value!r}.")
 
 
 class VAEModule(BaseVAEModule):
@@ -64,7 +62,7 @@ class VAEModule(BaseVAEModule):
         The family of :math:`p(x|z)` and its scale.
     beta : float
         Weight of the KL term in the training loss.
-    lr, weight_decay, max_epochs
+    lr, weight_decay, max_epochs, seed
         See :class:`~nidl_vae.module.BaseVAEModule`.
     prior : GaussianEncoder, optional
         Maps c to the conditional prior's mean and log-variance.
@@ -84,8 +82,9 @@ class VAEModule(BaseVAEModule):
         max_epochs: int,
         prior: GaussianEncoder | None = None,
         encoder_reads_conditions: bool = False,
+        seed: int = 0,
     ):
-        super().__init__(("loss", "reconstruction", "kl"), lr, weight_decay, max_epochs)
+        super().__init__(("loss", "reconstruction", "kl"), lr, weight_decay, max_epochs, seed)
         self.encoder = encoder
         self.decoder = decoder
         self.likelihood = likelihood
@@ -110,49 +109,34 @@ class VAEModule(BaseVAEModule):
     def loss_terms(self, batch: tuple[Tensor, ...]) -> Tensor:
         x, c = _split(batch)
         mu, logvar = self.encode(x, c)
-        z = reparameterize(mu, logvar, torch.randn_like(mu))
+        z = reparameterize(mu, logvar, self.standard_normal(mu))
         reconstruction = -self.likelihood.log_prob(x, self.decode(z, c)).mean()
         kl = gaussian_kl(mu, logvar, *self.prior_params(c)).mean()
         return torch.stack([reconstruction + self.beta * kl, reconstruction, kl])
 
-    def transform_step(self, batch: tuple[Tensor, ...]) -> tuple[Tensor, Tensor]:
+    def encode_step(self, batch: tuple[Tensor, ...]) -> tuple[Tensor, Tensor]:
         return self.encode(*_split(batch))
-
-    def _log_prob_draws(self, x: Tensor, c: Tensor | None, z: Tensor) -> Tensor:
-        """:math:`\\log p(x|z_k, c)` for latent draws ``z`` of shape (K, B, D): shape (K, B)."""
-
-        def log_prob(chunk: Tensor) -> Tensor:
-            flat_c = None if c is None else c.repeat(len(chunk), 1)
-            loc = self.decode(chunk.flatten(0, 1), flat_c)
-            return self.likelihood.log_prob(x, loc.unflatten(0, chunk.shape[:2]))
-
-        return over_draws(log_prob, z)
-
-    def elbo_step(self, batch: tuple[Tensor, ...], eps: Tensor) -> Tensor:
-        """Per-row ELBO at beta = 1, averaged over the K shared noise draws ``eps`` (K, D)."""
-        x, c = _split(batch)
-        mu, logvar = self.encode(x, c)
-        z = reparameterize(mu, logvar, eps[:, None, :])
-        kl = gaussian_kl(mu, logvar, *self.prior_params(c))
-        return self._log_prob_draws(x, c, z).mean(0) - kl
-
-    def log_likelihood_step(self, batch: tuple[Tensor, ...], eps: Tensor) -> Tensor:
-        """Importance-weighted :math:`\\log p(x|c)` with the posterior as proposal."""
-        x, c = _split(batch)
-        mu, logvar = self.encode(x, c)
-        z = reparameterize(mu, logvar, eps[:, None, :])
-        mu_p, logvar_p = self.prior_params(c)
-        log_prior = (
-            standard_normal_log_density(z)
-            if mu_p is None
-            else gaussian_log_density(z, mu_p, logvar_p)
-        )
-        log_w = self._log_prob_draws(x, c, z) + log_prior - gaussian_log_density(z, mu, logvar)
-        return importance_weighted_log_likelihood(log_w)
 
     def decode_step(self, batch: tuple[Tensor, ...]) -> Tensor:
         """The mean of :math:`p(x|z, c)` for each latent row (``batch`` is (z,) or (z, c))."""
         return self.likelihood.mean(self.decode(*_split(batch)))
+
+    def log_weight_terms(self, batch: tuple[Tensor, ...]):
+        x, c = _split(batch)
+        mu, logvar = self.encode(x, c)
+        mu_p, logvar_p = self.prior_params(c)
+
+        def log_lik(z: Tensor) -> Tensor:
+            flat_c = None if c is None else c.repeat(len(z), 1)
+            loc = self.decode(z.flatten(0, 1), flat_c)
+            return self.likelihood.log_prob(x, loc.unflatten(0, z.shape[:2]))
+
+        def log_prior(z: Tensor) -> Tensor:
+            if mu_p is None:
+                return standard_normal_log_density(z)
+            return gaussian_log_density(z, mu_p, logvar_p)
+
+        return mu, logvar, gaussian_kl(mu, logvar, mu_p, logvar_p), log_lik, log_prior
 
     def prior_step(self, batch: tuple[Tensor, ...]) -> tuple[Tensor, Tensor]:
         """Mean and log-variance of :math:`p(z|c)` for each row of conditions."""
@@ -168,6 +152,56 @@ def _split(batch: tuple[Tensor, ...]) -> tuple[Tensor, Tensor | None]:
     return batch[0], (batch[1] if len(batch) > 1 else None)
 
 
+def build_vae_module(
+    estimator, rows: Rows, stats: dict, generator: torch.Generator, seed: int, prior=None
+) -> VAEModule:
+    """The VAE's (or, with conditions in ``rows``, the CVAE's) module with default networks
+    for whatever the user did not give."""
+    example = rows.read(slice(0, 2))
+    X = example[0]
+    C = example[1] if len(example) > 1 else X[:, :0]
+    n_features, n_cond = X.shape[1], C.shape[1]
+    hidden = check_layer_sizes(estimator.hidden_layer_sizes)
+    if estimator.encoder is None:
+        backbone = mlp(n_features + n_cond, hidden, generator=generator)
+        out_dim = output_width(backbone, torch.cat([X, C], 1), "default encoder")
+    else:
+        backbone = private_copy(estimator.encoder)
+        out_dim = output_width(backbone, X, "encoder")
+        if estimator.encoder_out_dim is not None and estimator.encoder_out_dim != out_dim:
+            raise ValueError(
+                f"encoder_out_dim={estimator.encoder_out_dim}, but the encoder outputs "
+                f"{out_dim} values per row: set encoder_out_dim={out_dim} or leave it None."
+            )
+    if estimator.decoder is None:
+        decoder = mlp(estimator.latent_dim + n_cond, hidden[::-1], n_features, generator=generator)
+    else:
+        decoder = private_copy(estimator.decoder)
+        width = output_width(decoder, torch.zeros(2, estimator.latent_dim + n_cond), "decoder")
+        if width != n_features:
+            raise ValueError(
+                f"The decoder outputs {width} values per latent row but X has {n_features} "
+                "features: its output (flattened) must match one row of X."
+            )
+    return VAEModule(
+        encoder=GaussianEncoder(
+            backbone, out_dim, estimator.latent_dim, n_cond, generator=generator
+        ),
+        decoder=decoder,
+        likelihood=DecoderLikelihood(
+            estimator.decoder_dist, estimator.decoder_scale, n_features, stats["unit"]
+        ),
+        beta=estimator.beta,
+        lr=estimator.lr,
+        weight_decay=estimator.weight_decay,
+        max_epochs=stats["max_epochs"],
+        prior=prior,
+        encoder_reads_conditions=bool(n_cond) and estimator.encoder is None,
+        seed=seed,
+    )
+
+
+@fill_shared_docs
 class VAE(BaseVAEEstimator):
     """Variational autoencoder, a scikit-learn transformer trained with Lightning.
 
@@ -177,6 +211,8 @@ class VAE(BaseVAEEstimator):
 
     ``transform`` returns the posterior mean :math:`\\mu(x)`; ``score`` the mean ELBO at
     :math:`\\beta = 1` (higher is better, comparable across ``beta`` and ``latent_dim``).
+
+    <shared:input>
 
     Parameters
     ----------
@@ -204,51 +240,13 @@ class VAE(BaseVAEEstimator):
         floored at 0.1 times it. A fixed scale too large for the data (1.0 on data in
         [0, 1], MultiVae's default) collapses the posterior: the KL falls to almost 0 and the
         latents carry nothing.
-    stochastic_transform : bool, default=False
-        If True, ``transform`` returns one draw from :math:`q(z|x)` (seeded, the same at every
-        call) instead of its mean.
     lr : float, default=1e-3
         Adam's learning rate.
-    weight_decay : float, default=0.0
-        Adam's L2 penalty.
-    batch_size : int, default=128
-        Rows per training step.
-    max_epochs : int, default=100
-        Passes over the data.
-    early_stopping : bool, default=False
-        Hold out ``validation_fraction`` of the rows, stop when their loss has not improved for
-        ``n_iter_no_change`` epochs, and keep the weights of the best epoch.
-    validation_fraction : float, default=0.1
-    n_iter_no_change : int, default=10
-    accelerator : str or Accelerator, default='auto'
-        Lightning accelerator: 'auto' uses a GPU when there is one.
-    devices : int, str or list, default=1
-        Lightning devices. Several devices start a distributed strategy.
-    precision : str or int, default='32-true'
-        Lightning precision, e.g. 'bf16-mixed' on GPUs.
-    trainer_params : dict, default=None
-        Any other ``pytorch_lightning.Trainer`` argument (logger, callbacks, strategy,
-        gradient_clip_val, default_root_dir, ...). Without ``default_root_dir``, the Trainer's
-        root is a temporary directory removed after fit.
-    verbose : bool, default=False
-        Show a progress bar with the loss. Otherwise nothing is printed.
-    random_state : int, RandomState instance or None, default=None
-        Seeds weight initialisation, shuffling, the validation split, training noise and the
-        draws of ``score``, ``log_likelihood``, ``sample`` and a stochastic ``transform``.
-        Global generators are never touched; None draws fresh entropy.
+    <shared:training>
 
     Attributes
     ----------
-    module_ : VAEModule
-        The trained LightningModule (eval mode, on the training device).
-    history_ : dict of list of float
-        Per-epoch means of 'loss', 'reconstruction' and 'kl' (nats), and 'val_*' with early
-        stopping.
-    n_iter_ : int
-        Epochs run.
-    n_features_in_ : int
-    feature_names_in_ : ndarray of str
-        Only when X has string column names.
+    <shared:attributes>
 
     Examples
     --------
@@ -265,10 +263,8 @@ class VAE(BaseVAEEstimator):
         "encoder": [nn.Module, None],
         "decoder": [nn.Module, None],
         "encoder_out_dim": [Interval(Integral, 1, None, closed="left"), None],
-        "hidden_layer_sizes": [tuple, list],
         "decoder_dist": [StrOptions({"normal", "laplace", "bernoulli"})],
         "decoder_scale": BaseVAEEstimator._scale_constraint,
-        "stochastic_transform": ["boolean"],
     }
 
     def __init__(
@@ -285,8 +281,8 @@ class VAE(BaseVAEEstimator):
         stochastic_transform: bool = False,
         lr: float = 1e-3,
         weight_decay: float = 0.0,
-        batch_size: int = 128,
-        max_epochs: int = 100,
+        batch_size: int | str = "auto",
+        max_epochs: int | str = "auto",
         early_stopping: bool = False,
         validation_fraction: float = 0.1,
         n_iter_no_change: int = 10,
@@ -327,187 +323,23 @@ class VAE(BaseVAEEstimator):
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features)
+        X : array-like of shape (n_samples, n_features), memory map or Dataset
+            The training data.
         y : None
             Ignored.
 
         Returns
         -------
-        self
+        self : VAE
+            The fitted estimator.
         """
-        return self._fit_transactional(lambda: self._fit(X))
+        return self._fit(X)
 
-    def _fit(self, X) -> "VAE":
-        self._check_trainer_params()
+    def _training_rows(self, X, y) -> tuple[Rows, dict]:
         X = self._validate_X(X, reset=True)
-        check_data_fits(X, self.decoder_dist)
-        seed = draw_seed(self.random_state)
-        self._fit_dtype = X.dtype
-        self._set_fitted(self._train((as_tensor(X),), seed), seed)
-        return self
+        stats = self._scan(X)
+        check_data_fits(np.nanmin(stats.min), np.nanmax(stats.max), self.decoder_dist)
+        return Rows(X), {"unit": stats.scale()}
 
-    def _build_module(self, tensors: tuple[Tensor, ...]) -> VAEModule:
-        X = tensors[0]
-        C = tensors[1] if len(tensors) > 1 else X[:, :0]
-        n_features, n_cond = X.shape[1], C.shape[1]
-        hidden = tuple(self.hidden_layer_sizes)
-        backbone = private_copy(self.encoder) or mlp(n_features + n_cond, hidden)
-        example = X[:2] if self.encoder is not None else torch.cat([X[:2], C[:2]], 1)
-        out_dim = self.encoder_out_dim or output_width(backbone, example)
-        decoder = private_copy(self.decoder) or mlp(
-            self.latent_dim + n_cond, hidden[::-1], n_features
-        )
-        if self.decoder is not None:
-            width = output_width(decoder, torch.zeros(2, self.latent_dim + n_cond))
-            if width != n_features:
-                raise ValueError(
-                    f"The decoder outputs {width} values per latent row but X has {n_features} "
-                    "features: its output (flattened) must match one row of X."
-                )
-        return VAEModule(
-            encoder=GaussianEncoder(backbone, out_dim, self.latent_dim, n_cond),
-            decoder=decoder,
-            likelihood=DecoderLikelihood(
-                self.decoder_dist, self.decoder_scale, n_features, data_scale(X)
-            ),
-            beta=self.beta,
-            lr=self.lr,
-            weight_decay=self.weight_decay,
-            max_epochs=self.max_epochs,
-            prior=self._build_prior(C) if n_cond else None,
-            encoder_reads_conditions=bool(n_cond) and self.encoder is None,
-        )
-
-    def _build_prior(self, C: Tensor) -> GaussianEncoder | None:
-        return None
-
-    # ------------------------------------------------------------------ inference
-    def transform(self, X) -> np.ndarray:
-        """Encode X: the posterior mean (or a seeded draw if ``stochastic_transform``).
-
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features)
-
-        Returns
-        -------
-        Z : ndarray of shape (n_samples, latent_dim), X's float dtype
-        """
-        X = self._validate_X(X, reset=False)
-        return self._encode([X], X.dtype)
-
-    def _encode(self, arrays: list, dtype) -> np.ndarray:
-        mu, logvar = self._infer("transform_step", arrays, dtype=dtype)
-        if self.stochastic_transform:
-            mu = reparameterize(mu, logvar, self._standard_normal(mu.shape, offset=1).to(mu.dtype))
-        return self._to_numpy(mu, dtype)
-
-    def inverse_transform(self, Z) -> np.ndarray:
-        """Decode latents: the mean of :math:`p(x|z)` for each row of Z.
-
-        Parameters
-        ----------
-        Z : array-like of shape (n_samples, latent_dim)
-
-        Returns
-        -------
-        X : ndarray of shape (n_samples, n_features)
-        """
-        Z = self._validate_Z(Z)
-        return self._to_numpy(self._infer("decode_step", [Z], dtype=Z.dtype), Z.dtype)
-
-    def _validate_Z(self, Z) -> np.ndarray:
-        check_is_fitted(self)
-        Z = check_array(Z, dtype=(np.float64, np.float32))
-        if Z.shape[1] != self.latent_dim:
-            raise ValueError(
-                f"Z has {Z.shape[1]} columns, but {type(self).__name__} has latent_dim="
-                f"{self.latent_dim}."
-            )
-        return Z
-
-    def sample(self, n_samples: int = 1, random_state=None) -> np.ndarray:
-        """Generate rows: decoder means for :math:`z \\sim N(0, I)`.
-
-        Parameters
-        ----------
-        n_samples : int, default=1
-        random_state : int, RandomState instance or None, default=None
-            None uses the estimator's own seed: the same rows at every call.
-
-        Returns
-        -------
-        X : ndarray of shape (n_samples, n_features)
-        """
-        check_is_fitted(self)
-        _check_positive_int(n_samples, "n_samples")
-        seed = self._seed + 4 if random_state is None else draw_seed(random_state)
-        z = torch.randn((n_samples, self.latent_dim), generator=torch.Generator().manual_seed(seed))
-        X = self._infer("decode_step", [z], dtype=self._fit_dtype)
-        return self._to_numpy(X, self._fit_dtype)
-
-    def score_samples(self, X, n_draws: int = 10) -> np.ndarray:
-        """Per-sample evidence lower bound (ELBO) at beta = 1, in nats.
-
-        .. math:: \\mathrm{ELBO}(x) = \\frac1K \\sum_k \\log p(x|z_k) - KL(q(z|x) \\| N(0, I)),
-            \\quad z_k = \\mu(x) + s(x) \\odot \\epsilon_k
-
-        The K noise draws are seeded and shared by every row, so a row's score does not depend
-        on the other rows or on the call.
-
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features)
-        n_draws : int, default=10
-            Number K of latent draws per row.
-
-        Returns
-        -------
-        ndarray of shape (n_samples,)
-        """
-        X = self._validate_X(X, reset=False)
-        return self._elbo([X], X.dtype, n_draws)
-
-    def _elbo(self, arrays: list, dtype, n_draws: int) -> np.ndarray:
-        _check_positive_int(n_draws, "n_draws")
-        eps = self._standard_normal((n_draws, self.latent_dim), offset=2)
-        return self._to_numpy(self._infer("elbo_step", arrays, eps, dtype=dtype), np.float64)
-
-    def score(self, X, y=None) -> float:
-        """Mean per-sample ELBO at beta = 1 (nats; higher is better).
-
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features)
-        y : None
-            Ignored.
-        """
-        return float(np.mean(self.score_samples(X)))
-
-    def log_likelihood(self, X, n_importance: int = 100) -> np.ndarray:
-        """Importance-weighted estimate of :math:`\\log p(x)` per sample, in nats.
-
-        .. math:: \\log p(x) \\approx \\log \\frac1K \\sum_{k=1}^K
-            \\frac{p(x|z_k)\\, p(z_k)}{q(z_k|x)}, \\quad z_k \\sim q(z|x)
-
-        A lower bound in expectation, tighter than the ELBO, tight as K grows. The K draws
-        are seeded and shared by every row; computed in batches of rows and draws at once.
-
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features)
-        n_importance : int, default=100
-            Number K of importance draws.
-
-        Returns
-        -------
-        ndarray of shape (n_samples,)
-        """
-        X = self._validate_X(X, reset=False)
-        return self._importance_weighted([X], X.dtype, n_importance)
-
-    def _importance_weighted(self, arrays: list, dtype, n_importance: int) -> np.ndarray:
-        _check_positive_int(n_importance, "n_importance")
-        eps = self._standard_normal((n_importance, self.latent_dim), offset=3)
-        scores = self._infer("log_likelihood_step", arrays, eps, dtype=dtype)
-        return self._to_numpy(scores, np.float64)
+    def _build_module(self, rows, stats, generator, seed) -> VAEModule:
+        return build_vae_module(self, rows, stats, generator, seed)
