@@ -379,8 +379,9 @@ class BaseVAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         return next(self.module_.parameters()).device
 
     def _inference_rows_per_batch(self, n_features: int) -> int:
-        # about CHUNK_VALUES input values per batch, between 16 and 1024 rows
-        return int(np.clip(data.rows_in_chunk(n_features), data.MIN_INFERENCE_ROWS, 1024))
+        # about CHUNK_VALUES input values per batch, whole blocks of rows, at most 1024
+        rows = int(np.clip(data.rows_in_chunk(n_features), data.ROW_BLOCK, 1024))
+        return rows - rows % data.ROW_BLOCK
 
     def _infer(self, step: Callable, rows: Rows, *args, draws: int | None = None):
         """Apply a module step to ``rows`` batch by batch, under inference mode.
@@ -388,8 +389,8 @@ class BaseVAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         ``step(batch, *args)`` gets a tuple of float32 tensors on the module's device (tensor
         ``args`` are moved there too); with ``draws``, it also gets the number of latent draws
         to decode at once, sized so that a chunk holds about ``CHUNK_VALUES`` decoded values.
-        Batches are padded to ``MIN_INFERENCE_ROWS`` rows so a row's result does not depend on
-        the rows beside it. Outputs (tensors or tuples of tensors) are concatenated on the CPU.
+        Batches are padded to whole blocks of ``ROW_BLOCK`` rows so that a row's result does
+        not depend on the rows beside it. Outputs (tensors or tuples of tensors) are concatenated on the CPU.
         """
         device = self._device
         args = [a.to(device, torch.float32) if isinstance(a, torch.Tensor) else a for a in args]

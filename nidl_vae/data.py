@@ -18,9 +18,10 @@ from torch.utils.data import DataLoader, Dataset
 # rows x features read or decoded at once by inference and statistics loops: 2^22 float32
 # values are 16 MB
 CHUNK_VALUES = 2**22
-# inference batches are padded to at least this many rows: CPU matrix kernels round a row's
-# result differently for tiny batches, and a row's result must not depend on its neighbours
-MIN_INFERENCE_ROWS = 16
+# inference batches are padded to a multiple of this many rows: CPU matrix kernels work on
+# blocks of rows and round a row's result differently in a partial block, and a row's result
+# must not depend on the rows beside it (measured bitwise-invariant with 16 here)
+ROW_BLOCK = 16
 
 
 def is_streamed(X) -> bool:
@@ -128,7 +129,7 @@ def moments(chunks: Iterator[np.ndarray], nan_aware: bool = False) -> Moments:
         total_mean = total_mean + delta * n / both
         m2 = m2 + chunk_m2 + delta**2 * count * n / both
         count = count + n
-    var = np.where(count > 1, m2 / np.maximum(count, 1), 0.0)
+    var = np.where(count > 1, m2 / np.maximum(count - 1, 1), 0.0)  # unbiased
     return Moments(count, total_mean, var, lo.astype(np.float64), hi.astype(np.float64))
 
 
@@ -264,9 +265,11 @@ def make_loader(
     )
 
 
-def pad_rows(batch: tuple[Tensor, ...], min_rows: int = MIN_INFERENCE_ROWS):
-    """Zero rows appended to a batch smaller than ``min_rows``, and the true number of rows."""
+def pad_rows(batch: tuple[Tensor, ...], block: int = ROW_BLOCK):
+    """Zero rows appended to fill the batch's last block of ``block`` rows, and the true
+    number of rows."""
     n = len(batch[0])
-    if n >= min_rows:
+    missing = -n % block
+    if not missing:
         return batch, n
-    return tuple(torch.cat([t, t.new_zeros(min_rows - n, *t.shape[1:])]) for t in batch), n
+    return tuple(torch.cat([t, t.new_zeros(missing, *t.shape[1:])]) for t in batch), n

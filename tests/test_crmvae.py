@@ -36,7 +36,9 @@ def _two_blocks(n=80, seed=0):
 # ---------------------------------------------------------------------------- the loss
 def _tiny_module(rescale_factors=(1.0, 1.0)):
     torch.manual_seed(0)
-    encoders = [GaussianEncoder(torch.nn.Identity(), w, 2) for w in (1, 2)]
+    encoders = [
+        GaussianEncoder(torch.nn.Identity(), w, 2, generator=torch.Generator()) for w in (1, 2)
+    ]
     decoders = [torch.nn.Linear(2, w) for w in (1, 2)]
     likelihoods = [DecoderLikelihood("normal", 0.5, 1), DecoderLikelihood("laplace", 0.3, 2)]
     return CRMVAEModule(
@@ -98,9 +100,9 @@ def test_loss_equals_hand_computed_value(missing, rescale_factors):
     if missing:  # row 1 misses modality 0, row 2 misses modality 1
         observed[1, 0] = observed[2, 1] = 0
         x[1, :1] = x[2, 1:] = 0
-    torch.manual_seed(1)  # the module draws the joint noise, then every expert's
-    eps_joint, eps_single = torch.randn(4, 2), torch.randn(2, 4, 2)
-    torch.manual_seed(1)
+    # the module draws the joint noise, then every expert's, from its own generator
+    noise = torch.Generator().manual_seed(module.seed)
+    eps_joint, eps_single = torch.randn(4, 2, generator=noise), torch.randn(2, 4, 2, generator=noise)
     terms = module.loss_terms((x, observed)).detach().numpy()
     expected = _hand_computed_loss(
         module, x.double().numpy(), observed.numpy(), eps_joint.numpy(), eps_single.numpy()

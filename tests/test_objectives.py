@@ -7,13 +7,13 @@ import pytest
 import torch
 from numpy.testing import assert_allclose
 
+from nidl_vae.data import moments
 from nidl_vae.distributions import (
     LEARNED_SCALE_FLOOR,
     LEARNED_SCALE_START,
     DecoderLikelihood,
     bernoulli_log_prob,
     categorical_log_prob,
-    data_scale,
     laplace_log_prob,
     normal_log_prob,
 )
@@ -113,10 +113,20 @@ def test_product_of_experts_is_finite_for_extreme_variances_and_masked_infinitie
     assert mu.grad.tolist() == [[[1.0]], [[0.0]]] and logvar.grad[1].item() == 0.0
 
 
+def _data_scale(rows, chunk_rows=None):
+    rows = np.asarray(rows)
+    step = chunk_rows or len(rows)
+    return moments(rows[i : i + step] for i in range(0, len(rows), step)).scale()
+
+
 def test_learned_scale_starts_and_is_floored_in_the_data_unit():
-    unit = data_scale(t([[0.0, 1.0, 5.0], [0.0, 3.0, 1.0], [0.0, 5.0, 3.0]]))
+    rows = [[0.0, 1.0, 5.0], [0.0, 3.0, 1.0], [0.0, 5.0, 3.0]]
+    unit = _data_scale(rows)
     assert unit == pytest.approx(math.sqrt((0 + 4 + 4) / 3))  # RMS of the column SDs
-    assert data_scale(t([[2.0, 2.0], [2.0, 2.0]])) == 1.0  # constant data: unit 1
+    assert _data_scale(rows, chunk_rows=1) == pytest.approx(unit)  # chunked: the same
+    assert _data_scale(np.float32(rows), chunk_rows=2) == pytest.approx(unit)
+    assert _data_scale([[2.0, 2.0], [2.0, 2.0]]) == 1.0  # constant data: unit 1
+    assert _data_scale([[2.0, 2.0]]) == 1.0  # one row: no spread, and no warning
     lik = DecoderLikelihood("normal", "learned", 3, unit=unit)
     assert_allclose(lik.scale().detach().numpy(), [LEARNED_SCALE_START * unit] * 3, rtol=1e-5)
     with torch.no_grad():
@@ -154,19 +164,22 @@ def test_vae_loss_equals_hand_computed_value():
     W_mu, W_lv, W_dec = (
         rng.normal(size=s).astype(np.float32) * 0.5 for s in [(2, 3), (2, 3), (3, 2)]
     )
-    encoder = GaussianEncoder(nn.Identity(), 3, 2)
+    encoder = GaussianEncoder(nn.Identity(), 3, 2, generator=torch.Generator())
     decoder = nn.Linear(2, 3, bias=False)
     with torch.no_grad():
         encoder.mu.weight.copy_(t(W_mu)), encoder.mu.bias.zero_()
         encoder.logvar.weight.copy_(t(W_lv)), encoder.logvar.bias.zero_()
         decoder.weight.copy_(t(W_dec))
-    module = VAEModule(encoder, decoder, DecoderLikelihood("normal", 0.7, 3), 2.0, 1e-3, 0.0, 1)
-    torch.manual_seed(0)
-    eps = torch.randn(4, 2).numpy()
-    torch.manual_seed(0)
+    module = VAEModule(
+        encoder, decoder, DecoderLikelihood("normal", 0.7, 3), 2.0, 1e-3, 0.0, 1, seed=5
+    )
+    # the module's noise comes from its own generator, seeded with its seed
+    eps = torch.randn(4, 2, generator=torch.Generator().manual_seed(5)).numpy()
+    state = torch.get_rng_state()
     terms = module.loss_terms((t(x),)).detach().numpy()
+    assert torch.equal(torch.get_rng_state(), state)  # the global generator is untouched
     assert_allclose(terms, _numpy_vae_loss(x, W_mu, W_lv, W_dec, eps, 0.7, 2.0), rtol=1e-5)
     # the ELBO step with the same noise as one shared draw per row is its beta = 1 counterpart
-    elbo = module.elbo_step((t(x[:1]),), t(eps[:1])).item()
+    elbo = module.elbo_step((t(x[:1]),), t(eps[:1]), 1).item()
     loss1, _, _ = _numpy_vae_loss(x[:1], W_mu, W_lv, W_dec, eps[:1], 0.7, 1.0)
     assert elbo == pytest.approx(-loss1, rel=1e-5)
