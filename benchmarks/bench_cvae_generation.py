@@ -25,13 +25,13 @@ def main():
     torch.set_num_threads(1)
     X, y = load_digits(return_X_y=True)
     X = X / 16
-    classifier = LogisticRegression(max_iter=2000).fit(X, y)
+    classifier = LogisticRegression(max_iter=2000).fit(X, conditions=y)
     labels, other = np.repeat(np.arange(10), 100), (y + 1) % 10
     print(f"{'prior':24s} {'generated':>10s} {'counterfactual':>15s}")
     for prior in (None, "mlp"):
-        cvae = CVAE(prior_network=prior, random_state=args.seed).fit(X, y)
-        generated = (classifier.predict(cvae.sample(labels)) == labels).mean()
-        counterfactual = cvae.inverse_transform(cvae.transform(X, y), other)
+        cvae = CVAE(prior_network=prior, random_state=args.seed).fit(X, conditions=y)
+        generated = (classifier.predict(cvae.sample(conditions=labels)) == labels).mean()
+        counterfactual = cvae.inverse_transform(cvae.transform(X, conditions=y), conditions=other)
         swapped = (classifier.predict(counterfactual) == other).mean()
         name = "N(0, I) (default)" if prior is None else "learned ('mlp')"
         print(f"{name:24s} {generated:10.3f} {swapped:15.3f}")

@@ -275,15 +275,12 @@ class BaseVAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
                 early_stopping_patience=self.n_iter_no_change if self.early_stopping else None,
             )
             device = trainer.strategy.root_device
-            train_loader = make_loader(self._on_device(train, device), batch_size, True, seed)
+            train_loader = self._loader(train, device, batch_size, True, seed)
             val_loader = (
                 None
                 if val is None
-                else make_loader(
-                    self._on_device(val, device),
-                    self._inference_rows_per_batch(val.n_features),
-                    False,
-                    seed,
+                else self._loader(
+                    val, device, self._inference_rows_per_batch(val.n_features), False, seed
                 )
             )
             with _sigint_restored():
@@ -300,22 +297,41 @@ class BaseVAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
                 "No training step ran: the training data loader gave no batch. Check "
                 "trainer_params (e.g. limit_train_batches) and the number of samples."
             )
-        if not all(torch.isfinite(p).all() for p in module.parameters()):
-            raise FloatingPointError(nan_message("made the trained weights non-finite"))
+        if not self._finite_after_training(module, train):
+            raise FloatingPointError(nan_message("is not finite for the trained model"))
         return module
 
     @staticmethod
-    def _on_device(rows: Rows, device: torch.device) -> Rows:
-        """On a GPU, in-memory rows that fit go to the device once; training then slices them
-        there instead of copying each batch from the host."""
-        if device.type != "cuda" or is_streamed(rows.X) or rows.prepare is not None:
-            return rows
-        if (
-            rows.X.nbytes // (2 if rows.X.dtype == np.float64 else 1)
-            > _cuda_free_bytes(device) // 2
-        ):
-            return rows
-        return data.DeviceRows(rows, device)
+    def _finite_after_training(module, train: Rows) -> bool:
+        """Whether the trained weights, and the loss of one batch under them, are finite: the
+        epoch means are taken before the last update, which can blow the weights up."""
+        if not all(torch.isfinite(p).all() for p in module.parameters()):
+            return False
+        batch = train.read(
+            np.arange(min(len(train), data.ROW_BLOCK))
+            if train.indices is None
+            else train.indices[: data.ROW_BLOCK]
+        )
+        device = next(module.parameters()).device
+        with torch.inference_mode():
+            terms = module.loss_terms(tuple(t.to(device) for t in batch))
+        module._noise = None  # the check's draw must not shift a later call's noise
+        return bool(torch.isfinite(terms).all())
+
+    @staticmethod
+    def _loader(rows: Rows, device: torch.device, batch_size: int, shuffle: bool, seed: int):
+        """A loader of the rows for training on ``device``.
+
+        On a GPU, in-memory rows that take less than half its free memory (as float32) go to
+        the device once and are sliced there; other rows are read on the host into pinned
+        memory, which Lightning copies to the device without blocking.
+        """
+        if device.type != "cuda":
+            return make_loader(rows, batch_size, shuffle, seed)
+        in_memory = not is_streamed(rows.X) and rows.prepare is None
+        if in_memory and len(rows) * rows.n_features * 4 < _cuda_free_bytes(device) // 2:
+            return make_loader(data.DeviceRows(rows, device), batch_size, shuffle, seed)
+        return make_loader(rows, batch_size, shuffle, seed, pin_memory=True)
 
     @contextmanager
     def _restored_on_failure(self) -> Iterator[None]:
@@ -390,7 +406,8 @@ class BaseVAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         ``args`` are moved there too); with ``draws``, it also gets the number of latent draws
         to decode at once, sized so that a chunk holds about ``CHUNK_VALUES`` decoded values.
         Batches are padded to whole blocks of ``ROW_BLOCK`` rows so that a row's result does
-        not depend on the rows beside it. Outputs (tensors or tuples of tensors) are concatenated on the CPU.
+        not depend on the rows beside it. Outputs (tensors or tuples of tensors) are
+        concatenated on the CPU.
         """
         device = self._device
         args = [a.to(device, torch.float32) if isinstance(a, torch.Tensor) else a for a in args]

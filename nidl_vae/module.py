@@ -33,8 +33,12 @@ def draws_per_chunk(batch_rows: int, n_features: int) -> int:
 
 def mean_over_draws(fn: LatentTerms, eps: Tensor, per_chunk: int) -> Tensor:
     """:math:`\\frac1K \\sum_k f(\\epsilon_k)` for ``fn`` mapping a chunk of noise draws
-    (k, D) to per-draw values (k, B, ...), a chunk at a time: memory does not grow with K."""
-    total = sum(fn(chunk).sum(0) for chunk in eps.split(per_chunk))
+    (k, D) to per-draw values (k, B, ...), a chunk at a time: memory does not grow with K.
+
+    Sums run in float64: a float32 reduction's rounding depends on the batch's size, and a
+    row's result must not depend on the rows beside it.
+    """
+    total = sum(fn(chunk).double().sum(0) for chunk in eps.split(per_chunk))
     return total / len(eps)
 
 
@@ -42,7 +46,7 @@ def logmeanexp_over_draws(fn: LatentTerms, eps: Tensor, per_chunk: int) -> Tenso
     """:math:`\\log \\frac1K \\sum_k \\exp f(\\epsilon_k)`, a chunk of draws at a time."""
     running = None
     for chunk in eps.split(per_chunk):
-        part = torch.logsumexp(fn(chunk), dim=0)
+        part = torch.logsumexp(fn(chunk).double(), dim=0)
         running = part if running is None else torch.logaddexp(running, part)
     return running - math.log(len(eps))
 

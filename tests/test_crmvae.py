@@ -102,7 +102,10 @@ def test_loss_equals_hand_computed_value(missing, rescale_factors):
         x[1, :1] = x[2, 1:] = 0
     # the module draws the joint noise, then every expert's, from its own generator
     noise = torch.Generator().manual_seed(module.seed)
-    eps_joint, eps_single = torch.randn(4, 2, generator=noise), torch.randn(2, 4, 2, generator=noise)
+    eps_joint, eps_single = (
+        torch.randn(4, 2, generator=noise),
+        torch.randn(2, 4, 2, generator=noise),
+    )
     terms = module.loss_terms((x, observed)).detach().numpy()
     expected = _hand_computed_loss(
         module, x.double().numpy(), observed.numpy(), eps_joint.numpy(), eps_single.numpy()

@@ -33,4 +33,5 @@ def test_every_example_is_tested():
         "plot_cvae",
         "plot_crmvae",
         "plot_neuroimaging",
+        "plot_harmonisation",
     }

@@ -9,9 +9,12 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from nidl_vae import CRMVAE, CVAE, VAE
 
-# A CVAE encodes and scores X *given its conditions y*; these checks call transform or
-# score_samples with X alone, which CVAE refuses with a message saying to pass y.
-_NEEDS_Y = "calls transform/score_samples without y; a CVAE needs the conditions y there"
+# A CVAE encodes and scores X *given its conditions*; these checks call transform or
+# score_samples with X alone, which CVAE refuses with a message that shows how to pass or route
+# them. Each property they guard is tested with conditions in tests/test_cvae_pipelines.py
+# (pickling, dtypes and layouts, subset and order invariance, idempotent fit, unchanged dict,
+# NaN/inf and shape errors, feature names).
+_NEEDS_Y = "calls transform/score_samples without the conditions a CVAE needs there"
 _CVAE_CHECKS_WITHOUT_Y = [
     "check_n_features_in_after_fitting",
     "check_estimators_dtypes",

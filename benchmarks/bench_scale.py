@@ -1,0 +1,299 @@
+"""The package in its users' regime: few subjects and many voxels, wide data, data on disk.
+
+Prints every figure of the scale issue, each section on its own (``--only`` picks some):
+
+- ``defaults``: on a synthetic cohort of 500 volumes of 24^3 voxels with a planted age effect
+  (``nidl_vae.datasets.make_cohort``), the linear R^2 of age read from the default VAE's latents
+  (5-fold CV) against PCA with as many components, and the fit's wall time; the same
+  comparison on digits (logistic regression accuracy, 10 latents).
+- ``width``: ``VAE.fit`` against a plain PyTorch loop of the same model at n = 2,000,
+  p = 100,000 (float32 in memory, 2 epochs, interleaved, medians), and the rise of anonymous
+  resident memory (RssAnon) during the fit against the data's size and the model's and
+  optimizer's state.
+- ``inference``: transform and log_likelihood on float64 vs float32 input; log_likelihood
+  (K = 1,000, 500 rows) against a per-sample loop like MultiVae's; the chunk-size and K sweeps
+  (time and memory rise).
+- ``disk``: fit and transform on a memory-mapped file of several GB, with the rise of
+  anonymous memory (pages of the mapped file count in RSS, not in RssAnon).
+
+Every timing runs on one CPU thread (``torch.set_num_threads(1)``).
+
+    python benchmarks/bench_scale.py [--only defaults width inference disk] [--repeats 3]
+"""
+
+import argparse
+import math
+import os
+import statistics
+import tempfile
+import threading
+import time
+
+import numpy as np
+import torch
+from sklearn.datasets import load_digits
+from sklearn.decomposition import PCA
+from sklearn.linear_model import LinearRegression, LogisticRegression
+from sklearn.model_selection import cross_val_score
+from torch import nn
+
+from nidl_vae import VAE
+from nidl_vae.datasets import make_cohort
+
+
+# ---------------------------------------------------------------- measuring
+def rss_anon() -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no RssAnon in /proc/self/status")
+
+
+def peak_rise(fn):
+    """Run ``fn``; return its result, its wall time and the peak rise of RssAnon (bytes)."""
+    base, peak, done = rss_anon(), [0], threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], rss_anon() - base)
+            time.sleep(0.005)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    start = time.perf_counter()
+    try:
+        out = fn()
+    finally:
+        elapsed = time.perf_counter() - start
+        done.set()
+        sampler.join()
+    return out, elapsed, max(peak[0], rss_anon() - base)
+
+
+def gb(n_bytes: float) -> str:
+    return f"{n_bytes / 1e9:.2f} GB"
+
+
+# ---------------------------------------------------------------- the plain loop
+class PlainVAE(nn.Module):
+    """The estimator's default model written the way a PyTorch user would."""
+
+    def __init__(self, n_features, hidden=(256, 128), latent=10):
+        super().__init__()
+        widths = [n_features, *hidden]
+        layers = []
+        for a, b in zip(widths[:-1], widths[1:], strict=True):
+            layers += [nn.Linear(a, b), nn.ReLU()]
+        self.encoder = nn.Sequential(*layers)
+        self.mu, self.logvar = nn.Linear(hidden[-1], latent), nn.Linear(hidden[-1], latent)
+        widths = [latent, *hidden[::-1]]
+        layers = []
+        for a, b in zip(widths[:-1], widths[1:], strict=True):
+            layers += [nn.Linear(a, b), nn.ReLU()]
+        self.decoder = nn.Sequential(*layers, nn.Linear(widths[-1], n_features))
+        self.raw_scale = nn.Parameter(torch.zeros(n_features))
+
+    def loss(self, x):
+        h = self.encoder(x)
+        mu, logvar = self.mu(h), self.logvar(h)
+        z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+        scale = nn.functional.softplus(self.raw_scale) + 1e-3
+        r = (x - self.decoder(z)) / scale
+        nll = 0.5 * (r * r).sum(1) + scale.log().sum() + 0.5 * math.log(2 * math.pi) * x.shape[1]
+        kl = 0.5 * (logvar.exp() + mu**2 - 1 - logvar).sum(1)
+        return (nll + kl).mean()
+
+
+def plain_fit(data: torch.Tensor, epochs: int, batch: int = 128):
+    torch.manual_seed(0)
+    model = PlainVAE(data.shape[1])
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    for _ in range(epochs):
+        perm = torch.randperm(len(data))
+        for start in range(0, len(data), batch):
+            opt.zero_grad()
+            model.loss(data[perm[start : start + batch]]).backward()
+            opt.step()
+    return model
+
+
+# ---------------------------------------------------------------- sections
+def defaults(args):
+    print("== defaults: few subjects, many voxels (500 x 24^3), and digits ==")
+    X, age, _ = make_cohort(500, (24, 24, 24))
+    print(f"cohort {X.shape[0]} x {X.shape[1]} ({X.dtype})")
+
+    def r2(Z):
+        return cross_val_score(LinearRegression(), Z, age, cv=5).mean()
+
+    pca = r2(PCA(4).fit_transform(X))
+    vae, seconds, _ = peak_rise(lambda: VAE(latent_dim=4, random_state=0).fit(X))
+    print(f"  R^2 of age: PCA(4) {pca:.3f}, VAE(latent_dim=4) defaults {r2(vae.transform(X)):.3f}")
+    print(f"  default fit: {vae.n_iter_} epochs, {seconds:.1f} s")
+    X, y = load_digits(return_X_y=True)
+    X = X / 16
+    clf = LogisticRegression(max_iter=1000)
+    pca = cross_val_score(clf, PCA(10).fit_transform(X), y, cv=5).mean()
+    vae, seconds, _ = peak_rise(lambda: VAE(random_state=0).fit(X))
+    acc = cross_val_score(clf, vae.transform(X), y, cv=5).mean()
+    print(f"  digits accuracy from 10 latents: PCA {pca:.3f}, VAE defaults {acc:.3f}")
+    print(f"  default fit on digits: {vae.n_iter_} epochs, {seconds:.1f} s")
+
+
+def width(args):
+    n, p, epochs = 2000, 100_000, 2
+    print(f"== width: fit at n = {n}, p = {p:,} (float32, {epochs} epochs) ==")
+    X = np.random.default_rng(0).normal(size=(n, p)).astype(np.float32)
+    data = torch.from_numpy(X)
+    torch.optim.Adam(nn.Linear(1, 1).parameters())  # first Adam imports torch._dynamo (~1 s)
+
+    def estimator():
+        return VAE(
+            hidden_layer_sizes=(256, 128),
+            latent_dim=10,
+            batch_size=128,
+            max_epochs=epochs,
+            accelerator="cpu",
+            random_state=0,
+        ).fit(X)
+
+    ratios, plain_times, vae_times, rises = [], [], [], []
+    for _ in range(args.repeats):
+        _, t_plain, _ = peak_rise(lambda: plain_fit(data, epochs))
+        vae, t_vae, rise = peak_rise(estimator)
+        plain_times.append(t_plain)
+        vae_times.append(t_vae)
+        ratios.append(t_vae / t_plain)
+        rises.append(rise)
+    state = sum(p.numel() for p in vae.module_.parameters()) * 4 * 4  # weights, grads, Adam x2
+    print(f"  plain loop median {statistics.median(plain_times):.1f} s")
+    print(f"  VAE.fit    median {statistics.median(vae_times):.1f} s")
+    print(f"  ratio      median {statistics.median(ratios):.3f}x  (runs: {np.round(ratios, 3)})")
+    print(
+        f"  RssAnon rise during fit {gb(max(rises))} for data {gb(X.nbytes)} and model + "
+        f"optimizer state {gb(state)}: {(max(rises) - state) / X.nbytes:.2f}x the data beyond "
+        "the state"
+    )
+
+
+def per_sample_log_likelihood(vae: VAE, X: np.ndarray, K: int) -> np.ndarray:
+    """A per-sample Python loop like MultiVae's: K draws for one row at a time."""
+    module = vae.module_
+    out = []
+    with torch.inference_mode():
+        for row in torch.from_numpy(X.astype(np.float32)):
+            mu, logvar = module.encode_step((row[None],))
+            z = mu + torch.exp(0.5 * logvar) * torch.randn(K, mu.shape[1])
+            loc = module.decoder(z)
+            log_lik = module.likelihood.log_prob(row[None], loc)
+            log_prior = -0.5 * (math.log(2 * math.pi) + z**2).sum(1)
+            log_q = -0.5 * (
+                math.log(2 * math.pi) + logvar + (z - mu) ** 2 * torch.exp(-logvar)
+            ).sum(1)
+            out.append(torch.logsumexp(log_lik + log_prior - log_q, 0) - math.log(K))
+    return torch.stack(out).numpy()
+
+
+def timed(fn, repeats):
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def inference(args):
+    import nidl_vae.data
+    import nidl_vae.module
+
+    print("== inference ==")
+    X, _ = load_digits(return_X_y=True)
+    X64 = X / 16
+    X32 = X64.astype(np.float32)
+    vae = VAE(max_epochs=20, random_state=0).fit(X64)
+    for name, fn in [
+        ("transform", lambda A: vae.transform(A)),
+        ("log_likelihood K=100", lambda A: vae.log_likelihood(A[:500], n_importance=100)),
+    ]:
+        ratios = [
+            timed(lambda fn=fn: fn(X64), 3) / timed(lambda fn=fn: fn(X32), 3) for _ in range(5)
+        ]
+        print(f"  {name} on digits: float64 / float32 time {statistics.median(ratios):.2f}x")
+    rows = X64[:500]
+    t_loop = timed(lambda: per_sample_log_likelihood(vae, rows, 1000), 1)
+    t_vae = timed(lambda: vae.log_likelihood(rows, n_importance=1000), 3)
+    print(
+        f"  log_likelihood K=1000 on 500 rows: {t_vae:.2f} s; per-sample loop {t_loop:.2f} s "
+        f"({t_loop / t_vae:.1f}x faster)"
+    )
+    default = nidl_vae.module.CHUNK_VALUES
+    for values in (2**16, 2**18, 2**20, 2**22, 2**24):
+        nidl_vae.module.CHUNK_VALUES = values
+        _, seconds, rise = peak_rise(lambda: vae.log_likelihood(rows, n_importance=1000))
+        mark = "  (default)" if values == default else ""
+        print(
+            f"  chunk of {values:>10,} decoded values: {seconds:.2f} s, "
+            f"RssAnon rise {gb(rise)}{mark}"
+        )
+    nidl_vae.module.CHUNK_VALUES = default
+    for K in (1000, 5000, 20000):
+        _, seconds, rise = peak_rise(lambda K=K: vae.log_likelihood(X64[:400], n_importance=K))
+        print(f"  400 rows, K = {K:>6}: {seconds:.2f} s, RssAnon rise {gb(rise)}")
+    Xw = np.random.default_rng(0).normal(size=(2000, 20_000))
+    wide = VAE(max_epochs=1, batch_size=128, random_state=0).fit(Xw.astype(np.float32))
+    ratios = [
+        timed(lambda: wide.transform(Xw), 3)
+        / timed(lambda: wide.transform(Xw.astype(np.float32)), 3)
+        for _ in range(3)
+    ]
+    print(f"  transform at p = 20,000: float64 / float32 time {statistics.median(ratios):.2f}x")
+
+
+def disk(args):
+    n, p = args.disk_rows, 50_000
+    print(f"== disk: a {n} x {p:,} float32 memory map ({gb(n * p * 4)}) ==")
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "cohort.f32")
+        X = np.memmap(path, dtype=np.float32, mode="w+", shape=(n, p))
+        rng = np.random.default_rng(0)
+        factors = rng.normal(size=(n, 2)).astype(np.float32)
+        loadings = rng.normal(size=(2, p)).astype(np.float32)
+        for start in range(0, n, 1000):
+            stop = min(n, start + 1000)
+            X[start:stop] = factors[start:stop] @ loadings + rng.normal(
+                size=(stop - start, p)
+            ).astype(np.float32)
+        X.flush()
+        del X
+        X = np.memmap(path, dtype=np.float32, mode="r", shape=(n, p))
+        vae, seconds, rise = peak_rise(
+            lambda: VAE(hidden_layer_sizes=(32,), latent_dim=2, max_epochs=1, random_state=0).fit(X)
+        )
+        state = sum(t.numel() for t in vae.module_.parameters()) * 4 * 4
+        print(
+            f"  fit (1 epoch): {seconds:.1f} s, RssAnon rise {gb(rise)} "
+            f"(model + optimizer state {gb(state)})"
+        )
+        Z, seconds, rise = peak_rise(lambda: vae.transform(X))
+        r = max(abs(np.corrcoef(Z[:, k], factors[:, 0])[0, 1]) for k in range(2))
+        print(f"  transform: {seconds:.1f} s, RssAnon rise {gb(rise)}; |corr| with factor {r:.2f}")
+
+
+SECTIONS = {"defaults": defaults, "width": width, "inference": inference, "disk": disk}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", nargs="+", choices=list(SECTIONS), default=list(SECTIONS))
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--disk-rows", type=int, default=20_000)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    for name in args.only:
+        SECTIONS[name](args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,186 @@
+"""The users' regime: data on disk and as Datasets, memory bounds, several processes, and
+convergence with default parameters on few subjects and many voxels."""
+
+import json
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+from numpy.testing import assert_allclose, assert_array_equal
+from sklearn.decomposition import PCA
+from sklearn.linear_model import LinearRegression
+from sklearn.model_selection import cross_val_score
+from torch.utils.data import Dataset
+
+from nidl_vae import CRMVAE, CVAE, VAE
+from nidl_vae.datasets import make_cohort
+
+SMALL = dict(latent_dim=2, hidden_layer_sizes=(16,), max_epochs=3, random_state=0)
+
+
+def _rss_anon() -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) * 1024
+    pytest.skip("no RssAnon on this system")
+
+
+def _peak_rise(fn) -> int:
+    base, peak, done = _rss_anon(), [0], threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], _rss_anon() - base)
+            time.sleep(0.002)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        fn()
+    finally:
+        done.set()
+        sampler.join()
+    return max(peak[0], _rss_anon() - base)
+
+
+@pytest.fixture(scope="module")
+def table():
+    rng = np.random.default_rng(0)
+    factors = rng.normal(size=(300, 2))
+    X = factors @ rng.normal(size=(2, 40)) + 0.3 * rng.normal(size=(300, 40))
+    return X.astype(np.float32)
+
+
+@pytest.fixture
+def memmap(table, tmp_path):
+    path = tmp_path / "X.f32"
+    out = np.memmap(path, dtype=np.float32, mode="w+", shape=table.shape)
+    out[:] = table
+    out.flush()
+    return np.memmap(path, dtype=np.float32, mode="r", shape=table.shape)
+
+
+class Rows(Dataset):
+    """A Dataset whose items are single samples (as a loader of volumes would give)."""
+
+    def __init__(self, X):
+        self.X = X
+
+    def __len__(self):
+        return len(self.X)
+
+    def __getitem__(self, i):
+        return torch.from_numpy(self.X[i])
+
+
+@pytest.mark.parametrize("source", ["memmap", "dataset"])
+def test_data_on_disk_or_in_a_dataset_gives_the_in_memory_results(table, memmap, source):
+    X = memmap if source == "memmap" else Rows(table)
+    reference = VAE(**SMALL).fit(table)
+    vae = VAE(**SMALL).fit(X)
+    assert vae.n_features_in_ == 40 and vae.history_ == reference.history_
+    for method in ("transform", "score_samples", "log_likelihood"):
+        assert_array_equal(getattr(vae, method)(X), getattr(reference, method)(table))
+    assert_array_equal(vae.transform(memmap), reference.transform(table))
+
+
+def test_cvae_and_crmvae_read_memory_maps(table, memmap):
+    labels = np.arange(len(table)) % 3
+    cvae = CVAE(**SMALL).fit(memmap, conditions=labels)
+    assert_array_equal(
+        cvae.transform(memmap, conditions=labels),
+        CVAE(**SMALL).fit(table, conditions=labels).transform(table, conditions=labels),
+    )
+    crm = CRMVAE(modalities=[20, 20], **SMALL).fit(memmap)
+    assert_array_equal(
+        crm.impute(memmap), CRMVAE(modalities=[20, 20], **SMALL).fit(table).impute(table)
+    )
+
+
+def test_data_on_disk_is_checked_before_training(table, tmp_path):
+    bad = table.copy()
+    bad[7, 3] = np.inf
+    path = tmp_path / "bad.f32"
+    np.asarray(bad).tofile(path)
+    X = np.memmap(path, dtype=np.float32, mode="r", shape=bad.shape)
+    with pytest.raises(ValueError, match="infinity"):
+        VAE(**SMALL).fit(X)
+    vae = VAE(**SMALL).fit(table)
+    with pytest.raises(ValueError, match="infinity"):
+        vae.transform(X)
+    with pytest.raises(ValueError, match="2-D array"):
+        VAE(**SMALL).fit(np.memmap(path, dtype=np.float32, mode="r", shape=(30, 10, 40)))
+
+
+def test_float64_input_gives_the_float32_results(table):
+    vae = VAE(**SMALL).fit(table.astype(np.float64))
+    assert_allclose(vae.transform(table.astype(np.float64)), vae.transform(table), rtol=1e-6)
+    assert vae.transform(table.astype(np.float64)).dtype == np.float64
+
+
+def test_fit_memory_stays_near_a_batch_whatever_the_data_size():
+    X = np.random.default_rng(0).normal(size=(4000, 25_000)).astype(np.float32)  # 400 MB
+    params = dict(hidden_layer_sizes=(8,), latent_dim=2, max_epochs=1, random_state=0)
+    VAE(**params).fit(X[:256])  # first-call costs (Lightning, allocator pools) paid here
+    rise = _peak_rise(lambda: VAE(**params).fit(X))
+    state = (25_000 * 8 * 2 + 25_000) * 4 * 4  # weights, gradients, two Adam moments
+    assert rise < 0.3 * X.nbytes + state, f"{rise / 1e6:.0f} MB for {X.nbytes / 1e6:.0f} MB"
+
+
+def test_log_likelihood_memory_is_flat_in_the_number_of_draws(digits):
+    X = digits[0][:400]
+    vae = VAE(max_epochs=2, random_state=0).fit(X)
+    vae.log_likelihood(X, n_importance=500)
+    small = _peak_rise(lambda: vae.log_likelihood(X, n_importance=500))
+    large = _peak_rise(lambda: vae.log_likelihood(X, n_importance=20_000))
+    assert large < small + 50e6  # K x 40 more draws, no more than a chunk more memory
+
+
+_DDP_SCRIPT = """
+import json, os
+import numpy as np
+from nidl_vae import VAE
+
+X = np.random.default_rng(0).normal(size=(200, 6)).astype(np.float32)
+vae = VAE(latent_dim=2, hidden_layer_sizes=(16,), max_epochs=3, random_state=0,
+          accelerator="cpu", devices=2, trainer_params={"strategy": "ddp"}).fit(X)
+print(json.dumps({"rank": int(os.environ.get("LOCAL_RANK", 0)), "n_iter": vae.n_iter_,
+                  "loss": vae.history_["loss"], "Z": vae.transform(X[:3]).tolist()}))
+"""
+
+
+@pytest.mark.slow
+def test_ddp_on_two_cpu_processes(tmp_path):
+    script = tmp_path / "fit_ddp.py"
+    script.write_text(textwrap.dedent(_DDP_SCRIPT))
+    done = subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    by_rank = {r["rank"]: r for r in results}
+    assert set(by_rank) == {0, 1}
+    rank0 = by_rank[0]
+    assert rank0["n_iter"] == 3 and len(rank0["loss"]) == 3 and np.isfinite(rank0["loss"]).all()
+    assert rank0["loss"] == by_rank[1]["loss"]  # the epoch means are reduced over processes
+    assert np.isfinite(rank0["Z"]).all()
+
+
+@pytest.mark.slow
+def test_defaults_converge_on_few_subjects_and_many_voxels():
+    # 300 subjects of 16^3 voxels: a small cohort of the package's regime
+    X, age, _ = make_cohort(300, (16, 16, 16), random_state=0)
+
+    def r2(Z):
+        return cross_val_score(LinearRegression(), Z, age, cv=5).mean()
+
+    pca = r2(PCA(4).fit_transform(X))
+    vae = r2(VAE(latent_dim=4, random_state=0).fit_transform(X))
+    assert pca > 0.8  # the planted effect is there to find
+    assert vae >= pca - 0.03
