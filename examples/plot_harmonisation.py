@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import sklearn
 from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import cross_val_predict, cross_val_score
+from sklearn.model_selection import cross_val_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
@@ -77,7 +77,7 @@ pipeline = make_pipeline(
     .set_transform_request(conditions=True),
     LogisticRegression(),
 )
-predicted = cross_val_predict(pipeline, X, diagnosis, cv=5, params={"conditions": site})
-print(f"diagnosis accuracy of the harmonised Pipeline: {(predicted == diagnosis).mean():.2f}")
+scores = cross_val_score(pipeline, X, diagnosis, cv=5, params={"conditions": site})
+print(f"diagnosis accuracy of the harmonised Pipeline: {scores.mean():.2f}")
 sklearn.set_config(enable_metadata_routing=False)
 plt.show()

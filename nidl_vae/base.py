@@ -39,7 +39,7 @@ FLOAT_DTYPES = (np.float64, np.float32)
 # optimizer steps the default budget (max_epochs='auto') aims for, and its bounds in epochs;
 # ``python benchmarks/bench_scale.py --defaults`` measures the choice on digits and on a wide
 # cohort of few subjects
-AUTO_STEPS = 2000
+AUTO_STEPS = 1000
 AUTO_EPOCHS = (100, 2000)
 
 # Documentation of the parameters every estimator shares, written once and filled into the
@@ -51,12 +51,13 @@ SHARED_DOCS = {
     weight_decay : float, default=0.0
         Adam's L2 penalty.
     batch_size : int or 'auto', default='auto'
-        Rows per training step. 'auto' is ``min(128, max(16, n_samples // 10))``: about ten
+        Rows per training step. 'auto' is ``n_samples // 16`` between 16 and 128: about 16
         steps per epoch on a few hundred subjects, 128 rows on larger data.
     max_epochs : int or 'auto', default='auto'
-        Passes over the data. 'auto' gives training about 2,000 optimizer steps, at least 100
-        and at most 2,000 epochs: 100 epochs on scikit-learn's digits, about 400 on 500
-        subjects. A fixed number of epochs is what stops short on few subjects.
+        Passes over the data. 'auto' gives training about 1,000 optimizer steps, at least 100
+        and at most 2,000 epochs: 100 epochs on scikit-learn's digits, about 60 epochs of 31
+        rows on 500 subjects. A fixed number of epochs stops short on few subjects (100 epochs
+        of 500 subjects at 128 rows are 400 steps).
     early_stopping : bool, default=False
         Hold out ``validation_fraction`` of the rows, stop when their loss has not improved for
         ``n_iter_no_change`` epochs, and keep the weights of the best epoch.
@@ -237,7 +238,7 @@ class BaseVAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
 
     def _batch_size(self, n: int) -> int:
         if self.batch_size == "auto":
-            return min(128, max(16, n // 10))
+            return min(128, max(16, n // 16))
         return int(self.batch_size)
 
     def _max_epochs(self, n_train: int, batch_size: int) -> int:

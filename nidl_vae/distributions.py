@@ -28,13 +28,51 @@ LEARNED_SCALE_FLOOR = 0.1
 def normal_log_prob(x: Tensor, loc: Tensor, scale: Tensor | float) -> Tensor:
     """:math:`\\sum_j \\log N(x_j; \\mu_j, \\sigma_j^2)
     = -\\sum_j [\\frac12\\log 2\\pi + \\log\\sigma_j + (x_j-\\mu_j)^2 / 2\\sigma_j^2]`."""
-    # the per-feature constants are summed once, not broadcast over the batch: at 10^5
-    # features every full-size temporary costs as much as a layer of the network
+    # the per-feature constants are summed once, not broadcast over the batch, and the squares
+    # keep no full-size tensor for the backward pass: at 10^5 features every full-size
+    # temporary costs as much memory as the batch itself
     scale = torch.as_tensor(scale, dtype=loc.dtype, device=loc.device)
-    z = (x - loc) / scale
-    return -0.5 * (z * z).sum(-1) - (
-        _log_scale_sum(scale, loc.shape[-1]) + HALF_LOG_2PI * loc.shape[-1]
-    )
+    constant = _log_scale_sum(scale, loc.shape[-1]) + HALF_LOG_2PI * loc.shape[-1]
+    return -_HalfSquaredResidual.apply(x, loc, 1.0 / scale) - constant
+
+
+class _HalfSquaredResidual(torch.autograd.Function):
+    """:math:`\\frac12 \\sum_j ((x_j - \\mu_j) / \\sigma_j)^2` over the last dimension.
+
+    Saves its inputs, not the residual: the backward pass recomputes it, so one full-size
+    temporary lives at a time instead of three kept from forward to backward.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, loc: Tensor, inv_scale: Tensor) -> Tensor:
+        ctx.save_for_backward(x, loc, inv_scale)
+        r = torch.sub(x, loc).mul_(inv_scale)
+        return 0.5 * torch.linalg.vecdot(r, r)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        x, loc, inv_scale = ctx.saved_tensors
+        r = torch.sub(x, loc).mul_(inv_scale)
+        g = grad.unsqueeze(-1)
+        grad_inv = None
+        if ctx.needs_input_grad[2]:
+            # d/d(1/sigma_j) = sum over rows of g * r_j^2 / (1/sigma_j)
+            per_feature = torch.einsum("...j,...j,...->j", r, r, grad) / inv_scale
+            grad_inv = per_feature if inv_scale.dim() else per_feature.sum()
+        # d/dx = g r / sigma, d/dloc = -d/dx
+        r.mul_(inv_scale).mul_(g)
+        grad_x = _sum_to(r, x.shape) if ctx.needs_input_grad[0] else None
+        grad_loc = None
+        if ctx.needs_input_grad[1]:  # in place unless grad_x still holds r
+            grad_loc = _sum_to(-r if grad_x is not None else r.neg_(), loc.shape)
+        return grad_x, grad_loc, grad_inv
+
+
+def _sum_to(t: Tensor, shape: torch.Size) -> Tensor:
+    """``t`` summed over the dimensions it was broadcast along to reach its shape."""
+    while t.dim() > len(shape):
+        t = t.sum(0)
+    return t
 
 
 def laplace_log_prob(x: Tensor, loc: Tensor, scale: Tensor | float) -> Tensor:

@@ -183,3 +183,19 @@ def test_vae_loss_equals_hand_computed_value():
     elbo = module.elbo_step((t(x[:1]),), t(eps[:1]), 1).item()
     loss1, _, _ = _numpy_vae_loss(x[:1], W_mu, W_lv, W_dec, eps[:1], 0.7, 1.0)
     assert elbo == pytest.approx(-loss1, rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    "loc_shape, scale_shape", [((4, 5), (5,)), ((3, 4, 5), (5,)), ((4, 5), ())]
+)
+def test_normal_log_prob_gradients_match_autograd_of_the_formula(loc_shape, scale_shape):
+    # the log-density recomputes its residual in the backward pass instead of keeping it
+    from nidl_vae.distributions import normal_log_prob
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    loc = torch.randn(*loc_shape, generator=g, dtype=torch.float64, requires_grad=True)
+    scale = (torch.rand(scale_shape, generator=g, dtype=torch.float64) + 0.5).requires_grad_()
+    formula = -(0.5 * math.log(2 * math.pi) + torch.log(scale) + 0.5 * ((x - loc) / scale) ** 2)
+    assert_allclose(normal_log_prob(x, loc, scale).detach(), formula.sum(-1).detach())
+    assert torch.autograd.gradcheck(normal_log_prob, (x, loc, scale))

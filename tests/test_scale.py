@@ -90,6 +90,15 @@ def test_data_on_disk_or_in_a_dataset_gives_the_in_memory_results(table, memmap,
     assert_array_equal(vae.transform(memmap), reference.transform(table))
 
 
+def test_hdf5_datasets_are_read_where_they_lie(table, tmp_path):
+    h5py = pytest.importorskip("h5py")
+    with h5py.File(tmp_path / "cohort.h5", "w") as f:
+        f["X"] = table
+    with h5py.File(tmp_path / "cohort.h5", "r") as f:
+        vae = VAE(**SMALL).fit(f["X"])
+        assert_array_equal(vae.transform(f["X"]), VAE(**SMALL).fit(table).transform(table))
+
+
 def test_cvae_and_crmvae_read_memory_maps(table, memmap):
     labels = np.arange(len(table)) % 3
     cvae = CVAE(**SMALL).fit(memmap, conditions=labels)
@@ -150,8 +159,10 @@ from nidl_vae import VAE
 X = np.random.default_rng(0).normal(size=(200, 6)).astype(np.float32)
 vae = VAE(latent_dim=2, hidden_layer_sizes=(16,), max_epochs=3, random_state=0,
           accelerator="cpu", devices=2, trainer_params={"strategy": "ddp"}).fit(X)
-print(json.dumps({"rank": int(os.environ.get("LOCAL_RANK", 0)), "n_iter": vae.n_iter_,
-                  "loss": vae.history_["loss"], "Z": vae.transform(X[:3]).tolist()}))
+rank = int(os.environ.get("LOCAL_RANK", 0))
+with open(f"rank{rank}.json", "w") as out:
+    json.dump({"n_iter": vae.n_iter_, "loss": vae.history_["loss"],
+               "Z": vae.transform(X[:3]).tolist()}, out)
 """
 
 
@@ -163,9 +174,7 @@ def test_ddp_on_two_cpu_processes(tmp_path):
         [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=300
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    results = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
-    by_rank = {r["rank"]: r for r in results}
-    assert set(by_rank) == {0, 1}
+    by_rank = {rank: json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)}
     rank0 = by_rank[0]
     assert rank0["n_iter"] == 3 and len(rank0["loss"]) == 3 and np.isfinite(rank0["loss"]).all()
     assert rank0["loss"] == by_rank[1]["loss"]  # the epoch means are reduced over processes
@@ -184,3 +193,33 @@ def test_defaults_converge_on_few_subjects_and_many_voxels():
     vae = r2(VAE(latent_dim=4, random_state=0).fit_transform(X))
     assert pca > 0.8  # the planted effect is there to find
     assert vae >= pca - 0.03
+
+
+@pytest.mark.slow
+def test_a_search_spread_over_a_local_dask_cluster_matches_a_serial_one(digits):
+    distributed = pytest.importorskip("distributed")
+    import joblib
+    from sklearn.model_selection import GridSearchCV
+
+    X = digits[0][:200]
+    grid = dict(param_grid={"beta": [0.5, 1.0]}, cv=2)
+    serial = GridSearchCV(VAE(**SMALL), **grid).fit(X)
+    with distributed.Client(processes=False, n_workers=1, threads_per_worker=2) as client:
+        assert client.status == "running"
+        with joblib.parallel_backend("dask"):
+            spread = GridSearchCV(VAE(**SMALL), n_jobs=2, **grid).fit(X)
+    assert_array_equal(spread.cv_results_["mean_test_score"], serial.cv_results_["mean_test_score"])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("source", ["array", "memmap"])
+def test_gpu_training_from_device_or_pinned_rows(table, memmap, source):
+    # in-memory rows go to the device once; a memory map is read into pinned host memory
+    X = table if source == "array" else memmap
+    vae = VAE(accelerator="gpu", **SMALL).fit(X)
+    assert vae.module_.device.type == "cuda"
+    cpu = VAE(accelerator="cpu", **SMALL).fit(table)
+    assert len(vae.history_["loss"]) == len(cpu.history_["loss"])
+    assert np.isfinite(vae.transform(X)).all()
+    assert vae.history_["loss"][-1] < vae.history_["loss"][0]  # it learned
+    assert abs(vae.score(X) - cpu.score(table)) < 0.1 * abs(cpu.score(table)) + 1.0

@@ -50,7 +50,8 @@ def test_learns_digits_without_posterior_collapse(digits, fitted):
 
 def test_history_terms_add_up(fitted):
     h = fitted.history_
-    assert_allclose(h["loss"], np.add(h["reconstruction"], h["kl"]), rtol=1e-5)
+    # float32 epoch means of terms of about 50 nats that nearly cancel: absolute tolerance
+    assert_allclose(h["loss"], np.add(h["reconstruction"], h["kl"]), rtol=1e-5, atol=1e-4)
 
 
 def test_log_likelihood_is_a_tighter_bound_than_the_elbo(digits, fitted):
