@@ -405,7 +405,7 @@ class BaseVAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
 
         ``step(batch, *args)`` gets a tuple of float32 tensors on the module's device (tensor
         ``args`` are moved there too); with ``draws``, it also gets the number of latent draws
-        to decode at once, sized so that a chunk holds about ``CHUNK_VALUES`` decoded values.
+        to decode at once (see :func:`~nidl_vae.module.draws_per_chunk`).
         Batches are padded to whole blocks of ``ROW_BLOCK`` rows so that a row's result does
         not depend on the rows beside it. Outputs (tensors or tuples of tensors) are
         concatenated on the CPU.

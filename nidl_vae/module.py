@@ -20,15 +20,23 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
-from .data import CHUNK_VALUES
 from .objectives import gaussian_log_density
 
 LatentTerms = Callable[[Tensor], Tensor]
 
+# Latent rows decoded at once by the inference steps: as many as keep the decoder's activations
+# in cache (4,096 rows decode 3x faster than 65,536 on digits), fewer when the rows are so
+# wide that a chunk would exceed ``DECODE_VALUES`` decoded values (64 MB in float32).
+# ``python benchmarks/bench_scale.py --only inference`` sweeps it.
+DECODE_ROWS = 4096
+DECODE_VALUES = 2**24
+
 
 def draws_per_chunk(batch_rows: int, n_features: int) -> int:
-    """Latent draws decoded at once: about ``CHUNK_VALUES`` decoded values, at least one."""
-    return max(1, CHUNK_VALUES // max(1, batch_rows * n_features))
+    """Latent draws per row decoded at once, so that a chunk decodes about ``DECODE_ROWS``
+    rows (at least 64 and at most ``DECODE_VALUES`` values); at least one."""
+    rows = min(DECODE_ROWS, max(64, DECODE_VALUES // max(1, n_features)))
+    return max(1, rows // batch_rows)
 
 
 def mean_over_draws(fn: LatentTerms, eps: Tensor, per_chunk: int) -> Tensor:
