@@ -45,19 +45,19 @@ AUTO_EPOCHS = (100, 2000)
 # Documentation of the parameters every estimator shares, written once and filled into the
 # three class docstrings (where ``<shared:name>`` stands).
 SHARED_DOCS = {
-    "training": """stochastic_transform : bool, default=False
-        If True, ``transform`` returns one draw from the posterior (seeded, the same at every
-        call) instead of its mean.
-    weight_decay : float, default=0.0
-        Adam's L2 penalty.
-    batch_size : int or 'auto', default='auto'
+    "budget": """batch_size : int or 'auto', default='auto'
         Rows per training step. 'auto' is ``n_samples // 16`` between 16 and 128: about 16
         steps per epoch on a few hundred subjects, 128 rows on larger data.
     max_epochs : int or 'auto', default='auto'
         Passes over the data. 'auto' gives training about 1,000 optimizer steps, at least 100
         and at most 2,000 epochs: 100 epochs on scikit-learn's digits, about 60 epochs of 31
         rows on 500 subjects. A fixed number of epochs stops short on few subjects (100 epochs
-        of 500 subjects at 128 rows are 400 steps).
+        of 500 subjects at 128 rows are 400 steps).""",
+    "training": """stochastic_transform : bool, default=False
+        If True, ``transform`` returns one draw from the posterior (seeded, the same at every
+        call) instead of its mean.
+    weight_decay : float, default=0.0
+        Adam's L2 penalty.
     early_stopping : bool, default=False
         Hold out ``validation_fraction`` of the rows, stop when their loss has not improved for
         ``n_iter_no_change`` epochs, and keep the weights of the best epoch.

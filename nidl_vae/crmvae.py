@@ -238,10 +238,12 @@ class CRMVAE(BaseVAEEstimator):
         The :math:`r_m` of every modality, when ``uses_likelihood_rescaling``. None uses
         :math:`r_m = \\max_k d_k / d_m` with :math:`d_m` the modality's width.
     lr : float, default=2e-3
-    max_epochs : int, default=200
-    stochastic_transform, weight_decay, batch_size, early_stopping, validation_fraction,
-    n_iter_no_change, accelerator, devices, precision, trainer_params, verbose, random_state
-        As for :class:`~nidl_vae.VAE`.
+        Adam's learning rate.
+    batch_size : int, default=128
+        Rows per training step.
+    max_epochs : int or 'auto', default=200
+        Passes over the data ('auto' as for :class:`~nidl_vae.VAE`).
+    <shared:training>
 
     Notes
     -----
@@ -258,12 +260,10 @@ class CRMVAE(BaseVAEEstimator):
         Name to ``(start, stop)`` column bounds of each modality.
     rescale_factors_ : dict
         The :math:`r_m` used (all 1 without rescaling).
-    module_ : CRMVAEModule
-    history_ : dict of list of float
-        Per-epoch means of 'loss', 'reconstruction' and 'kl' (the terms as weighted in the loss:
-        loss = reconstruction + beta * kl), and 'val_*' with early stopping.
-    n_iter_, n_features_in_, feature_names_in_
-        As for :class:`~nidl_vae.VAE`.
+    <shared:attributes>
+
+    The loss terms of ``history_`` are as weighted in the loss: loss = reconstruction + beta *
+    kl.
 
     Examples
     --------

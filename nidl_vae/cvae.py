@@ -118,6 +118,7 @@ class CVAE(BaseVAEEstimator):
         Scale of 'normal' and 'laplace', as for :class:`~nidl_vae.VAE`.
     lr : float, default=1e-3
         Adam's learning rate.
+    <shared:budget>
     <shared:training>
 
     Attributes

@@ -209,7 +209,7 @@ class Rows(Dataset):
             check_finite(raw, self.allow_nan, self.check)
         arrays = self.prepare(raw) if self.prepare is not None else (raw,)
         arrays = (*arrays, *(a[index] for a in self.aligned))
-        return tuple(torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)) for a in arrays)
+        return tuple(torch.from_numpy(_own_float32(a)) for a in arrays)
 
     def batches(self, batch_rows: int) -> Iterator[tuple[Tensor, ...]]:
         """Consecutive batches of rows, in order (for inference)."""
@@ -221,6 +221,13 @@ class Rows(Dataset):
     @property
     def n_features(self) -> int:
         return int(self.read(slice(0, 1) if self.indices is None else self.indices[:1])[0].shape[1])
+
+
+def _own_float32(a: np.ndarray) -> np.ndarray:
+    """A contiguous, writable float32 array of ``a``'s values: a view of a read-only memory map
+    is copied (one batch), as torch needs writable memory."""
+    a = np.ascontiguousarray(a, dtype=np.float32)
+    return a if a.flags.writeable else a.copy()
 
 
 class DeviceRows(Dataset):
