@@ -51,8 +51,8 @@ SHARED_DOCS = {
     max_epochs : int or 'auto', default='auto'
         Passes over the data. 'auto' gives training about 1,000 optimizer steps, at least 100
         and at most 2,000 epochs: 100 epochs of 112 rows on scikit-learn's digits, 100 of 31
-        rows (1,700 steps) on 500 subjects, 143 of 16 rows on 100. A fixed number of epochs stops short on few subjects (100 epochs
-        of 500 subjects at 128 rows are 400 steps).""",
+        rows (1,700 steps) on 500 subjects, 143 of 16 rows on 100. A fixed number of epochs
+        stops short on few subjects (100 epochs of 500 subjects at 128 rows are 400 steps).""",
     "training": """stochastic_transform : bool, default=False
         If True, ``transform`` returns one draw from the posterior (seeded, the same at every
         call) instead of its mean.

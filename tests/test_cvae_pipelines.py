@@ -144,7 +144,11 @@ def test_subset_and_order_invariance_with_conditions(labelled, fitted):
         )
         assert_allclose(one_by_one, full, atol=1e-7)
         order = np.random.default_rng(1).permutation(len(X))
-        assert_allclose(getattr(fitted, method)(X[order], conditions=c[order]), full[order])
+        # the network runs in float32, and a matrix kernel may round a row differently in the
+        # last bit depending on its place within a block of rows: equal to float32 precision
+        assert_allclose(
+            getattr(fitted, method)(X[order], conditions=c[order]), full[order], rtol=1e-6
+        )
 
 
 def test_fit_is_idempotent_and_leaves_the_dict_unchanged(labelled, fitted):
