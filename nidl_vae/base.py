@@ -8,6 +8,7 @@ the rows to train on, ``_build_module`` builds its LightningModule from them, an
 """
 
 import copy
+import math
 import signal
 import tempfile
 import threading
@@ -23,7 +24,6 @@ from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, Transfo
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import (
     _check_feature_names,
-    _check_n_features,
     check_array,
     check_is_fitted,
     check_random_state,
@@ -53,6 +53,13 @@ SHARED_DOCS = {
         and at most 2,000 epochs: 100 epochs of 112 rows on scikit-learn's digits, 100 of 31
         rows (1,700 steps) on 500 subjects, 143 of 16 rows on 100. A fixed number of epochs
         stops short on few subjects (100 epochs of 500 subjects at 128 rows are 400 steps).""",
+    "conv": """conv_channels : tuple of int, default=(16, 32, 64, 128)
+        Output channels of the default convolutional encoder's layers, used when X holds
+        images (n_samples, C, H, W) or volumes (n_samples, C, D, H, W): each layer is a 3-wide
+        convolution of stride 2 (halving every side), group normalisation and a ReLU; layers
+        stop before a side would fall below 2 voxels. The input is zero-padded to a multiple
+        of :math:`2^L` per side for L layers (91 x 109 x 91 to 96 x 112 x 96) and the mirrored
+        decoder of transposed convolutions crops its output back.""",
     "training": """stochastic_transform : bool, default=False
         If True, ``transform`` returns one draw from the posterior (seeded, the same at every
         call) instead of its mean.
@@ -87,6 +94,10 @@ SHARED_DOCS = {
     "input": """X may be an array or DataFrame held in memory, an array that slices rows where it
     lies (``np.memmap``, an h5py or zarr dataset) or a ``torch.utils.data.Dataset`` whose items
     are single samples: data on disk is read a batch of rows at a time, never copied whole.""",
+    "images": """A sample is a row of features, or an image (C, H, W) or volume (C, D, H, W) in
+    PyTorch's layout: X of shape (n_samples, C, H, W) or (n_samples, C, D, H, W) gets default
+    convolutional networks (``conv_channels``), and ``inverse_transform`` and ``sample`` return
+    samples of that shape.""",
     "attributes": """module_ : LightningModule
         The trained module (eval mode, on the training device).
     history_ : dict of list of float
@@ -176,6 +187,8 @@ class BaseVAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         "random_state": ["random_state"],
     }
     _scale_constraint = [Interval(Real, 0, None, closed="neither"), StrOptions({"learned"})]
+    # whether X may hold images (n, C, H, W) or volumes (n, C, D, H, W) besides rows
+    _accepts_images = True
     _integer_params = ("latent_dim", "batch_size", "max_epochs", "n_iter_no_change")
 
     # ------------------------------------------------------------------ model hooks
@@ -349,32 +362,79 @@ class BaseVAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
     def _validate_X(self, X, reset: bool, allow_nan: bool = False):
         """Validated X: an in-memory float array, or a streamed source checked batch by batch.
 
-        In-memory input goes through scikit-learn's ``validate_data`` (no copy of a float32 or
+        In-memory input goes through scikit-learn's validation (no copy of a float32 or
         float64 array); a memory map, an array-like on disk or a Dataset keeps its place, its
-        shape checked here and its values finite-checked as they are read.
+        shape checked here and its values finite-checked as they are read. Samples are rows of
+        features, or (for models that take them) images (C, H, W) or volumes (C, D, H, W).
         """
         if not reset:
             check_is_fitted(self)
-        if not is_streamed(X):
-            return validate_data(
-                self,
+        finite = "allow-nan" if allow_nan else True
+        if is_streamed(X):
+            n = data.n_rows(X)
+            if reset and n < 2:
+                raise ValueError(
+                    f"Found array with {n} sample(s) while a minimum of 2 is required."
+                )
+            first = data.read_rows(X, slice(0, 1))
+            _check_feature_names(self, first, reset=reset)
+            self._check_sample_shape(first.shape[1:], reset)
+            return X
+        if getattr(X, "ndim", 2) > 2:
+            X = check_array(
                 X,
-                reset=reset,
+                allow_nd=True,
                 dtype=FLOAT_DTYPES,
                 ensure_min_samples=2 if reset else 1,
-                ensure_all_finite="allow-nan" if allow_nan else True,
+                ensure_all_finite=finite,
+                estimator=self,
             )
-        n = data.n_rows(X)
-        first = data.read_rows(X, slice(0, 1))
-        if hasattr(X, "shape") and len(X.shape) != 2:
-            raise ValueError(
-                f"Expected a 2-D array of shape (n_samples, n_features); got shape {X.shape}."
-            )
-        if reset and n < 2:
-            raise ValueError(f"Found array with {n} sample(s) while a minimum of 2 is required.")
-        _check_feature_names(self, first, reset=reset)
-        _check_n_features(self, first, reset=reset)
+            _check_feature_names(self, X, reset=reset)
+            self._check_sample_shape(X.shape[1:], reset)
+            return X
+        if not reset and len(getattr(self, "input_shape_", ())) > 1:
+            self._check_sample_shape(np.shape(X)[1:], reset)
+        X = validate_data(
+            self,
+            X,
+            reset=reset,
+            dtype=FLOAT_DTYPES,
+            ensure_min_samples=2 if reset else 1,
+            ensure_all_finite=finite,
+        )
+        if reset:
+            self.input_shape_ = (self.n_features_in_,)
         return X
+
+    def _check_sample_shape(self, shape: tuple[int, ...], reset: bool) -> None:
+        """Set (``reset``) or check ``input_shape_``, the shape of one sample, and
+        ``n_features_in_``, its number of values."""
+        name = type(self).__name__
+        shape = tuple(int(n) for n in shape)
+        if len(shape) not in (1, 3, 4):
+            raise ValueError(
+                f"Expected X of shape (n_samples, n_features), images (n_samples, C, H, W) or "
+                f"volumes (n_samples, C, D, H, W); got samples of shape {shape}."
+            )
+        if len(shape) > 1 and not self._accepts_images:
+            raise ValueError(
+                f"{name} takes X of shape (n_samples, n_features); got samples of shape "
+                f"{shape}. Flatten them (X.reshape(len(X), -1)) or use VAE or CVAE."
+            )
+        if reset:
+            self.input_shape_ = shape
+            self.n_features_in_ = math.prod(shape)
+        elif shape != tuple(self.input_shape_) and len(shape) == len(self.input_shape_) == 1:
+            raise ValueError(
+                f"X has {shape[0]} features, but {name} is expecting {self.n_features_in_} "
+                "features as input."
+            )
+        elif shape != tuple(self.input_shape_):
+            expected = ", ".join(str(n) for n in ("n_samples", *self.input_shape_))
+            raise ValueError(
+                f"X has samples of shape {shape}, but {name} was fitted on samples of shape "
+                f"{tuple(self.input_shape_)}: give X of shape ({expected})."
+            )
 
     def _inference_rows(self, X, aligned=(), prepare=None, allow_nan: bool = False) -> Rows:
         """Validated rows of X to predict on; data on disk is finite-checked as it is read."""
@@ -462,9 +522,10 @@ class BaseVAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         return self._to_numpy(scores, np.float64)
 
     def _decode(self, arrays: list[np.ndarray], dtype) -> np.ndarray:
-        return self._to_numpy(
-            self._infer(self.module_.decode_step, Rows(*arrays[:1], aligned=arrays[1:])), dtype
-        )
+        """Decoded means of the latent rows ``arrays[0]`` (conditions after), each in the
+        shape of one sample of X."""
+        flat = self._infer(self.module_.decode_step, Rows(*arrays[:1], aligned=arrays[1:]))
+        return self._to_numpy(flat.reshape(len(flat), *self.input_shape_), dtype)
 
     def _validate_Z(self, Z) -> np.ndarray:
         check_is_fitted(self)

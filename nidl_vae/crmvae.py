@@ -243,6 +243,7 @@ class CRMVAE(BaseVAEEstimator):
         Rows per training step.
     max_epochs : int or 'auto', default=200
         Passes over the data ('auto' as for :class:`~nidl_vae.VAE`).
+    <shared:budget>
     <shared:training>
 
     Notes
@@ -278,6 +279,7 @@ class CRMVAE(BaseVAEEstimator):
     False
     """
 
+    _accepts_images = False  # modalities are column blocks of rows
     _parameter_constraints: dict = {
         **BaseVAEEstimator._parameter_constraints,
         "modalities": [dict, list, tuple, None],

@@ -87,6 +87,8 @@ class CVAE(BaseVAEEstimator):
 
     <shared:input>
 
+    <shared:images>
+
     Parameters
     ----------
     encoder : nn.Module, default=None
@@ -109,6 +111,7 @@ class CVAE(BaseVAEEstimator):
         Dimension of z.
     hidden_layer_sizes : tuple of int, default=(256, 128)
         Widths of the default encoder's hidden layers (the decoder mirrors them).
+    <shared:conv>
     beta : float, default=1.0
         Weight of the KL term.
     decoder_dist : {'normal', 'laplace', 'bernoulli', 'categorical'}, default='normal'
@@ -136,6 +139,7 @@ class CVAE(BaseVAEEstimator):
         "decoder": [nn.Module, None],
         "prior_network": [StrOptions({"mlp"}), nn.Module, None],
         "encoder_out_dim": [Interval(Integral, 1, None, closed="left"), None],
+        "conv_channels": [tuple, list],
         "decoder_dist": [StrOptions(set(DECODER_DISTS))],
         "decoder_scale": BaseVAEEstimator._scale_constraint,
     }
@@ -149,6 +153,7 @@ class CVAE(BaseVAEEstimator):
         encoder_out_dim: int | None = None,
         latent_dim: int = 10,
         hidden_layer_sizes: tuple[int, ...] = (256, 128),
+        conv_channels: tuple[int, ...] = (16, 32, 64, 128),
         beta: float = 1.0,
         decoder_dist: str = "normal",
         decoder_scale: float | str = "learned",
@@ -173,6 +178,7 @@ class CVAE(BaseVAEEstimator):
         self.encoder_out_dim = encoder_out_dim
         self.latent_dim = latent_dim
         self.hidden_layer_sizes = hidden_layer_sizes
+        self.conv_channels = conv_channels
         self.beta = beta
         self.decoder_dist = decoder_dist
         self.decoder_scale = decoder_scale

@@ -6,6 +6,7 @@ indices, which memory maps and HDF5 files read faster), and statistics of the da
 accumulated in float64 over chunks of rows.
 """
 
+import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -43,11 +44,13 @@ def rows_in_chunk(n_features: int) -> int:
 
 
 def _read_dataset_rows(dataset: Dataset, index: np.ndarray) -> np.ndarray:
-    return np.stack([np.asarray(dataset[int(i)], dtype=np.float32).reshape(-1) for i in index])
+    # each item keeps its shape: a row of features, an image (C, H, W) or a volume (C, D, H, W)
+    return np.stack([np.asarray(dataset[int(i)], dtype=np.float32) for i in index])
 
 
 def read_rows(X, index: np.ndarray | slice) -> np.ndarray:
-    """Rows of X (array-like or Dataset of samples) as a NumPy array in X's own float type.
+    """Rows of X (array-like or Dataset of samples) as a NumPy array in X's own float type,
+    each sample in its own shape.
 
     ``index`` is a slice or sorted integer indices: both are what memory maps, h5py and zarr
     read fastest.
@@ -76,6 +79,13 @@ def check_finite(rows: np.ndarray, allow_nan: bool, name: str) -> np.ndarray:
 
 def n_rows(X) -> int:
     return len(X) if isinstance(X, Dataset) and not hasattr(X, "shape") else int(X.shape[0])
+
+
+def sample_shape(X) -> tuple[int, ...]:
+    """The shape of one sample of X: ``(n_features,)`` for rows, (C, H, W) for images."""
+    if hasattr(X, "shape"):
+        return tuple(int(n) for n in X.shape[1:])
+    return tuple(read_rows(X, slice(0, 1)).shape[1:])
 
 
 @dataclass
@@ -135,16 +145,17 @@ def moments(chunks: Iterator[np.ndarray], nan_aware: bool = False) -> Moments:
 
 def iter_chunks(X, rows: Sequence[int] | None = None) -> Iterator[np.ndarray]:
     """Consecutive chunks of X's rows (all rows, or the sorted ``rows``), about
-    ``CHUNK_VALUES`` values each."""
-    n_features = int(np.prod(X.shape[1:])) if hasattr(X, "shape") else len(read_rows(X, [0])[0])
-    step = rows_in_chunk(n_features)
+    ``CHUNK_VALUES`` values each, every sample flattened to a row of features."""
+    step = rows_in_chunk(math.prod(sample_shape(X)))
     if rows is None:
         for start in range(0, n_rows(X), step):
-            yield read_rows(X, slice(start, start + step))
+            chunk = read_rows(X, slice(start, start + step))
+            yield chunk.reshape(len(chunk), -1)
         return
     rows = np.asarray(rows)
     for start in range(0, len(rows), step):
-        yield read_rows(X, rows[start : start + step])
+        chunk = read_rows(X, rows[start : start + step])
+        yield chunk.reshape(len(chunk), -1)
 
 
 class Rows(Dataset):
@@ -220,7 +231,9 @@ class Rows(Dataset):
 
     @property
     def n_features(self) -> int:
-        return int(self.read(slice(0, 1) if self.indices is None else self.indices[:1])[0].shape[1])
+        """Values per sample of X (the product of an image's shape)."""
+        first = self.read(slice(0, 1) if self.indices is None else self.indices[:1])[0]
+        return int(first[0].numel())
 
 
 def _own_float32(a: np.ndarray) -> np.ndarray:

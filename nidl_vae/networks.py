@@ -1,5 +1,9 @@
 """Default networks sized from the data, and the Gaussian heads every encoder feeds.
 
+Rows of features get multilayer perceptrons; images (C, H, W) and volumes (C, D, H, W) get a
+convolutional encoder of strided convolutions and its mirrored decoder (:func:`conv_encoder`,
+:func:`conv_decoder`).
+
 Every layer built here is initialised from a generator the estimator owns (PyTorch's default
 initialisation, drawn from that generator): building a model never touches torch's global
 generator, so fits running in several threads do not disturb one another.
@@ -66,6 +70,119 @@ class GaussianEncoder(nn.Module):
         if c is not None:
             h = torch.cat([h, c], dim=1)
         return self.mu(h), self.logvar(h)
+
+
+def _init_from(layer: nn.Module, generator: torch.Generator) -> nn.Module:
+    """PyTorch's default initialisation of a convolution, drawn from ``generator``: weights and
+    biases uniform in :math:`\\pm 1/\\sqrt{\\mathrm{fan\\_in}}`."""
+    fan_in, _ = nn.init._calculate_fan_in_and_fan_out(layer.weight)
+    bound = 1.0 / math.sqrt(fan_in)
+    with torch.no_grad():
+        layer.weight.uniform_(-bound, bound, generator=generator)
+        layer.bias.uniform_(-bound, bound, generator=generator)
+    return layer
+
+
+def conv_depth(spatial_shape: Sequence[int], n_channels: int) -> int:
+    """Number of stride-2 layers of the default convolutional networks: one per entry of
+    ``conv_channels``, but no more than halve the smallest side to 2 voxels or more."""
+    smallest = min(spatial_shape)
+    return max(1, min(n_channels, int(math.floor(math.log2(max(smallest, 2) / 2))) or 1))
+
+
+def _groups(channels: int) -> int:
+    # groups of at least 2 channels, at most 8 groups
+    return max(1, min(8, channels // 2))
+
+
+class PadTo(nn.Module):
+    """Zero-pads the trailing spatial dimensions at their end to ``shape``."""
+
+    def __init__(self, shape: Sequence[int]):
+        super().__init__()
+        self.shape = tuple(shape)
+
+    def extra_repr(self) -> str:
+        return f"shape={self.shape}"
+
+    def forward(self, x: Tensor) -> Tensor:
+        pad: list[int] = []
+        for have, want in zip(reversed(x.shape[2:]), reversed(self.shape), strict=True):
+            pad += [0, want - have]
+        return nn.functional.pad(x, pad) if any(pad) else x
+
+
+class CropTo(nn.Module):
+    """Keeps the first ``shape`` entries of the trailing spatial dimensions."""
+
+    def __init__(self, shape: Sequence[int]):
+        super().__init__()
+        self.shape = tuple(shape)
+
+    def extra_repr(self) -> str:
+        return f"shape={self.shape}"
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x[(..., *(slice(0, n) for n in self.shape))]
+
+
+def _padded_shape(spatial_shape: Sequence[int], depth: int) -> tuple[int, ...]:
+    step = 2**depth
+    return tuple(-(-n // step) * step for n in spatial_shape)
+
+
+def conv_encoder(
+    sample_shape: Sequence[int], channels: Sequence[int], *, generator: torch.Generator
+) -> nn.Sequential:
+    """Strided convolutions for images (C, H, W) or volumes (C, D, H, W).
+
+    The input is zero-padded to a multiple of :math:`2^L` along each side (91 x 109 x 91
+    becomes 96 x 112 x 96 with L = 4), then each of the L layers (see :func:`conv_depth`)
+    halves every side: a 3-wide convolution of stride 2, group normalisation and a ReLU, with
+    ``channels[i]`` output channels. Its output is the last feature map.
+    """
+    in_channels, *spatial = sample_shape
+    depth = conv_depth(spatial, len(channels))
+    conv = nn.Conv3d if len(spatial) == 3 else nn.Conv2d
+    layers: list[nn.Module] = [PadTo(_padded_shape(spatial, depth))]
+    for width in channels[:depth]:
+        layer = conv(in_channels, width, kernel_size=3, stride=2, padding=1)
+        layers += [_init_from(layer, generator), nn.GroupNorm(_groups(width), width), nn.ReLU()]
+        in_channels = width
+    return nn.Sequential(*layers)
+
+
+def conv_decoder(
+    sample_shape: Sequence[int],
+    channels: Sequence[int],
+    in_dim: int,
+    *,
+    generator: torch.Generator,
+) -> nn.Sequential:
+    """The mirror of :func:`conv_encoder`: a linear layer from ``in_dim`` latent (and
+    condition) values to the smallest feature map, transposed convolutions that double every
+    side, a last one to the input's channels (the likelihood's location), cropped to the
+    input's shape."""
+    out_channels, *spatial = sample_shape
+    depth = conv_depth(spatial, len(channels))
+    widths = list(channels[:depth])[::-1]
+    padded = _padded_shape(spatial, depth)
+    smallest = tuple(n // 2**depth for n in padded)
+    transposed = nn.ConvTranspose3d if len(spatial) == 3 else nn.ConvTranspose2d
+    layers: list[nn.Module] = [
+        linear(in_dim, widths[0] * math.prod(smallest), generator),
+        nn.Unflatten(1, (widths[0], *smallest)),
+        nn.ReLU(),
+    ]
+    for i, width in enumerate(widths):
+        last = i == len(widths) - 1
+        out = out_channels if last else widths[i + 1]
+        layer = transposed(width, out, kernel_size=3, stride=2, padding=1, output_padding=1)
+        layers.append(_init_from(layer, generator))
+        if not last:
+            layers += [nn.GroupNorm(_groups(out), out), nn.ReLU()]
+    layers.append(CropTo(spatial))
+    return nn.Sequential(*layers)
 
 
 def output_width(module: nn.Module, example: Tensor, name: str) -> int:

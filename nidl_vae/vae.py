@@ -31,7 +31,7 @@ from .base import (
 from .data import Rows
 from .distributions import DecoderLikelihood, check_data_fits
 from .module import BaseVAEModule
-from .networks import GaussianEncoder, mlp, output_width
+from .networks import GaussianEncoder, conv_decoder, conv_encoder, mlp, output_width
 from .objectives import (
     gaussian_kl,
     gaussian_log_density,
@@ -110,7 +110,7 @@ class VAEModule(BaseVAEModule):
         x, c = _split(batch)
         mu, logvar = self.encode(x, c)
         z = reparameterize(mu, logvar, self.standard_normal(mu))
-        reconstruction = -self.likelihood.log_prob(x, self.decode(z, c)).mean()
+        reconstruction = -self.likelihood.log_prob(x.flatten(1), self.decode(z, c)).mean()
         kl = gaussian_kl(mu, logvar, *self.prior_params(c)).mean()
         return torch.stack([reconstruction + self.beta * kl, reconstruction, kl])
 
@@ -129,7 +129,7 @@ class VAEModule(BaseVAEModule):
         def log_lik(z: Tensor) -> Tensor:
             flat_c = None if c is None else c.repeat(len(z), 1)
             loc = self.decode(z.flatten(0, 1), flat_c)
-            return self.likelihood.log_prob(x, loc.unflatten(0, z.shape[:2]))
+            return self.likelihood.log_prob(x.flatten(1), loc.unflatten(0, z.shape[:2]))
 
         def log_prior(z: Tensor) -> Tensor:
             if mu_p is None:
@@ -159,10 +159,15 @@ def build_vae_module(
     for whatever the user did not give."""
     example = rows.read(slice(0, 2))
     X = example[0]
-    C = example[1] if len(example) > 1 else X[:, :0]
-    n_features, n_cond = X.shape[1], C.shape[1]
+    C = example[1] if len(example) > 1 else X.new_zeros(len(X), 0)
+    n_features, n_cond = X[0].numel(), C.shape[1]
+    images = X.dim() > 2
     hidden = check_layer_sizes(estimator.hidden_layer_sizes)
-    if estimator.encoder is None:
+    channels = check_layer_sizes(estimator.conv_channels, "conv_channels")
+    if estimator.encoder is None and images:
+        backbone = conv_encoder(X.shape[1:], channels, generator=generator)
+        out_dim = output_width(backbone, X, "default encoder")
+    elif estimator.encoder is None:
         backbone = mlp(n_features + n_cond, hidden, generator=generator)
         out_dim = output_width(backbone, torch.cat([X, C], 1), "default encoder")
     else:
@@ -173,15 +178,18 @@ def build_vae_module(
                 f"encoder_out_dim={estimator.encoder_out_dim}, but the encoder outputs "
                 f"{out_dim} values per row: set encoder_out_dim={out_dim} or leave it None."
             )
-    if estimator.decoder is None:
-        decoder = mlp(estimator.latent_dim + n_cond, hidden[::-1], n_features, generator=generator)
+    in_dim = estimator.latent_dim + n_cond
+    if estimator.decoder is None and images:
+        decoder = conv_decoder(X.shape[1:], channels, in_dim, generator=generator)
+    elif estimator.decoder is None:
+        decoder = mlp(in_dim, hidden[::-1], n_features, generator=generator)
     else:
         decoder = private_copy(estimator.decoder)
-        width = output_width(decoder, torch.zeros(2, estimator.latent_dim + n_cond), "decoder")
+        width = output_width(decoder, torch.zeros(2, in_dim), "decoder")
         if width != n_features:
             raise ValueError(
-                f"The decoder outputs {width} values per latent row but X has {n_features} "
-                "features: its output (flattened) must match one row of X."
+                f"The decoder outputs {width} values per latent row but a sample of X has "
+                f"{n_features} values: its output (flattened) must match one sample of X."
             )
     return VAEModule(
         encoder=GaussianEncoder(
@@ -196,7 +204,7 @@ def build_vae_module(
         weight_decay=estimator.weight_decay,
         max_epochs=stats["max_epochs"],
         prior=prior,
-        encoder_reads_conditions=bool(n_cond) and estimator.encoder is None,
+        encoder_reads_conditions=bool(n_cond) and estimator.encoder is None and not images,
         seed=seed,
     )
 
@@ -214,6 +222,8 @@ class VAE(BaseVAEEstimator):
 
     <shared:input>
 
+    <shared:images>
+
     Parameters
     ----------
     encoder : nn.Module, default=None
@@ -229,6 +239,7 @@ class VAE(BaseVAEEstimator):
         Dimension of z.
     hidden_layer_sizes : tuple of int, default=(256, 128)
         Widths of the default encoder's hidden layers (the decoder mirrors them).
+    <shared:conv>
     beta : float, default=1.0
         Weight of the KL term (beta-VAE).
     decoder_dist : {'normal', 'laplace', 'bernoulli'}, default='normal'
@@ -242,6 +253,7 @@ class VAE(BaseVAEEstimator):
         latents carry nothing.
     lr : float, default=1e-3
         Adam's learning rate.
+    <shared:budget>
     <shared:training>
 
     Attributes
@@ -263,6 +275,7 @@ class VAE(BaseVAEEstimator):
         "encoder": [nn.Module, None],
         "decoder": [nn.Module, None],
         "encoder_out_dim": [Interval(Integral, 1, None, closed="left"), None],
+        "conv_channels": [tuple, list],
         "decoder_dist": [StrOptions({"normal", "laplace", "bernoulli"})],
         "decoder_scale": BaseVAEEstimator._scale_constraint,
     }
@@ -275,6 +288,7 @@ class VAE(BaseVAEEstimator):
         encoder_out_dim: int | None = None,
         latent_dim: int = 10,
         hidden_layer_sizes: tuple[int, ...] = (256, 128),
+        conv_channels: tuple[int, ...] = (16, 32, 64, 128),
         beta: float = 1.0,
         decoder_dist: str = "normal",
         decoder_scale: float | str = "learned",
@@ -298,6 +312,7 @@ class VAE(BaseVAEEstimator):
         self.encoder_out_dim = encoder_out_dim
         self.latent_dim = latent_dim
         self.hidden_layer_sizes = hidden_layer_sizes
+        self.conv_channels = conv_channels
         self.beta = beta
         self.decoder_dist = decoder_dist
         self.decoder_scale = decoder_scale

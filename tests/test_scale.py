@@ -123,7 +123,7 @@ def test_data_on_disk_is_checked_before_training(table, tmp_path):
     vae = VAE(**SMALL).fit(table)
     with pytest.raises(ValueError, match="infinity"):
         vae.transform(X)
-    with pytest.raises(ValueError, match="2-D array"):
+    with pytest.raises(ValueError, match="n_samples, n_features"):
         VAE(**SMALL).fit(np.memmap(path, dtype=np.float32, mode="r", shape=(30, 10, 40)))
 
 
