@@ -409,8 +409,11 @@ class BaseVAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
     def _check_sample_shape(self, shape: tuple[int, ...], reset: bool) -> None:
         """Set (``reset``) or check ``input_shape_``, the shape of one sample, and
         ``n_features_in_``, its number of values."""
-        name = type(self).__name__
         shape = tuple(int(n) for n in shape)
+        if not reset:
+            self._check_fitted_shape(shape)
+            return
+        name = type(self).__name__
         if len(shape) not in (1, 3, 4):
             raise ValueError(
                 f"Expected X of shape (n_samples, n_features), images (n_samples, C, H, W) or "
@@ -421,20 +424,25 @@ class BaseVAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
                 f"{name} takes X of shape (n_samples, n_features); got samples of shape "
                 f"{shape}. Flatten them (X.reshape(len(X), -1)) or use VAE or CVAE."
             )
-        if reset:
-            self.input_shape_ = shape
-            self.n_features_in_ = math.prod(shape)
-        elif shape != tuple(self.input_shape_) and len(shape) == len(self.input_shape_) == 1:
+        self.input_shape_ = shape
+        self.n_features_in_ = math.prod(shape)
+
+    def _check_fitted_shape(self, shape: tuple[int, ...]) -> None:
+        """A ValueError naming the expected shape unless samples have the fitted shape."""
+        fitted = tuple(self.input_shape_)
+        if shape == fitted:
+            return
+        name = type(self).__name__
+        if len(shape) == len(fitted) == 1:  # scikit-learn's own words for rows
             raise ValueError(
-                f"X has {shape[0]} features, but {name} is expecting {self.n_features_in_} "
-                "features as input."
+                f"X has {shape[0]} features, but {name} is expecting {fitted[0]} features as "
+                "input."
             )
-        elif shape != tuple(self.input_shape_):
-            expected = ", ".join(str(n) for n in ("n_samples", *self.input_shape_))
-            raise ValueError(
-                f"X has samples of shape {shape}, but {name} was fitted on samples of shape "
-                f"{tuple(self.input_shape_)}: give X of shape ({expected})."
-            )
+        expected = ", ".join(str(n) for n in ("n_samples", *fitted))
+        raise ValueError(
+            f"X has samples of shape {shape}, but {name} was fitted on samples of shape "
+            f"{fitted}: give X of shape ({expected})."
+        )
 
     def _inference_rows(self, X, aligned=(), prepare=None, allow_nan: bool = False) -> Rows:
         """Validated rows of X to predict on; data on disk is finite-checked as it is read."""
