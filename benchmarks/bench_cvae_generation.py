@@ -25,7 +25,7 @@ def main():
     torch.set_num_threads(1)
     X, y = load_digits(return_X_y=True)
     X = X / 16
-    classifier = LogisticRegression(max_iter=2000).fit(X, conditions=y)
+    classifier = LogisticRegression(max_iter=2000).fit(X, y)
     labels, other = np.repeat(np.arange(10), 100), (y + 1) % 10
     print(f"{'prior':24s} {'generated':>10s} {'counterfactual':>15s}")
     for prior in (None, "mlp"):

@@ -116,6 +116,15 @@ def check_data_fits(low: float, high: float, dist: str, what: str = "X", where: 
         )
 
 
+def output_for_mean(dist: str, mean: Tensor) -> Tensor:
+    """The decoder output whose likelihood has mean ``mean``: the location itself, or the
+    logits of the mean for the families read from logits (clipped away from 0 and 1)."""
+    if dist in ("normal", "laplace"):
+        return mean
+    p = mean.clamp(1e-3, 1 - 1e-3)
+    return torch.logit(p) if dist == "bernoulli" else torch.log(p)
+
+
 class DecoderLikelihood(nn.Module):
     """The likelihood :math:`p(x|z)` that turns a decoder output into a log-density.
 

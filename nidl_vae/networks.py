@@ -126,6 +126,18 @@ class CropTo(nn.Module):
         return x[(..., *(slice(0, n) for n in self.shape))]
 
 
+class Offset(nn.Module):
+    """Adds a learned value per output (of one sample's shape), started at ``start``: the
+    decoder's output for the mean sample, so training starts from the data's mean."""
+
+    def __init__(self, start: Tensor):
+        super().__init__()
+        self.offset = nn.Parameter(start.detach().clone().float())
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.offset
+
+
 def _padded_shape(spatial_shape: Sequence[int], depth: int) -> tuple[int, ...]:
     step = 2**depth
     return tuple(-(-n // step) * step for n in spatial_shape)
@@ -158,11 +170,13 @@ def conv_decoder(
     in_dim: int,
     *,
     generator: torch.Generator,
+    start: Tensor | None = None,
 ) -> nn.Sequential:
     """The mirror of :func:`conv_encoder`: a linear layer from ``in_dim`` latent (and
     condition) values to the smallest feature map, transposed convolutions that double every
     side, a last one to the input's channels (the likelihood's location), cropped to the
-    input's shape."""
+    input's shape, plus a learned :class:`Offset` of the input's shape started at ``start``
+    (zeros by default)."""
     out_channels, *spatial = sample_shape
     depth = conv_depth(spatial, len(channels))
     widths = list(channels[:depth])[::-1]
@@ -180,8 +194,9 @@ def conv_decoder(
         layer = transposed(width, out, kernel_size=3, stride=2, padding=1, output_padding=1)
         layers.append(_init_from(layer, generator))
         if not last:
-            layers += [nn.GroupNorm(_groups(out), out), nn.ReLU()]
+            layers.append(nn.ReLU())
     layers.append(CropTo(spatial))
+    layers.append(Offset(torch.zeros(sample_shape) if start is None else start))
     return nn.Sequential(*layers)
 
 
