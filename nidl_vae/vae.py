@@ -39,7 +39,6 @@ from .objectives import (
     standard_normal_log_density,
 )
 
-
 # Default decoders start from the data's mean (their output bias is the mean sample): at
 # 10^4-10^5 features, learning the mean image through the network takes much of the training
 # budget. ``python benchmarks/bench_scale.py --only defaults`` measures it.
