@@ -60,7 +60,7 @@ def quality(args, X, age, mask):
 class PlainConvVAE(nn.Module):
     """The estimator's default convolutional model, trained the way a PyTorch user would."""
 
-    def __init__(self, shape, channels=(16, 32, 64, 128), latent=4):
+    def __init__(self, shape, channels=(8, 16, 32, 64), latent=4):
         super().__init__()
         generator = torch.Generator().manual_seed(0)
         self.encoder = conv_encoder(shape, channels, generator=generator)

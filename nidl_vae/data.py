@@ -147,14 +147,10 @@ def iter_chunks(X, rows: Sequence[int] | None = None) -> Iterator[np.ndarray]:
     """Consecutive chunks of X's rows (all rows, or the sorted ``rows``), about
     ``CHUNK_VALUES`` values each, every sample flattened to a row of features."""
     step = rows_in_chunk(math.prod(sample_shape(X)))
-    if rows is None:
-        for start in range(0, n_rows(X), step):
-            chunk = read_rows(X, slice(start, start + step))
-            yield chunk.reshape(len(chunk), -1)
-        return
-    rows = np.asarray(rows)
-    for start in range(0, len(rows), step):
-        chunk = read_rows(X, rows[start : start + step])
+    rows = None if rows is None else np.asarray(rows)
+    for start in range(0, n_rows(X) if rows is None else len(rows), step):
+        index = slice(start, start + step) if rows is None else rows[start : start + step]
+        chunk = read_rows(X, index)
         yield chunk.reshape(len(chunk), -1)
 
 

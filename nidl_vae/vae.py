@@ -39,11 +39,6 @@ from .objectives import (
     standard_normal_log_density,
 )
 
-# Default decoders start from the data's mean (their output bias is the mean sample): at
-# 10^4-10^5 features, learning the mean image through the network takes much of the training
-# budget. ``python benchmarks/bench_scale.py --only defaults`` measures it.
-START_AT_MEAN = True
-
 
 class VAEModule(BaseVAEModule):
     """The VAE's math as a LightningModule, optionally conditional (the CVAE's module too).
@@ -184,15 +179,14 @@ def build_vae_module(
                 f"{out_dim} values per row: set encoder_out_dim={out_dim} or leave it None."
             )
     in_dim = estimator.latent_dim + n_cond
-    mean = torch.as_tensor(stats["mean"], dtype=torch.float32)
-    start = output_for_mean(estimator.decoder_dist, mean if START_AT_MEAN else 0 * mean)
     if estimator.decoder is None and images:
-        start = start.reshape(X.shape[1:])
+        # the convolutional decoder's per-voxel offset starts at the mean volume: learned
+        # through transposed convolutions, the mean image alone took more than 100 epochs
+        mean = torch.as_tensor(stats["mean"], dtype=torch.float32).reshape(X.shape[1:])
+        start = output_for_mean(estimator.decoder_dist, mean)
         decoder = conv_decoder(X.shape[1:], channels, in_dim, generator=generator, start=start)
     elif estimator.decoder is None:
         decoder = mlp(in_dim, hidden[::-1], n_features, generator=generator)
-        with torch.no_grad():
-            decoder[-1].bias.copy_(start)
     else:
         decoder = private_copy(estimator.decoder)
         width = output_width(decoder, torch.zeros(2, in_dim), "decoder")
@@ -298,7 +292,7 @@ class VAE(BaseVAEEstimator):
         encoder_out_dim: int | None = None,
         latent_dim: int = 10,
         hidden_layer_sizes: tuple[int, ...] = (256, 128),
-        conv_channels: tuple[int, ...] = (16, 32, 64, 128),
+        conv_channels: tuple[int, ...] = (8, 16, 32, 64),
         beta: float = 1.0,
         decoder_dist: str = "normal",
         decoder_scale: float | str = "learned",
