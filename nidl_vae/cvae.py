@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from sklearn.base import _fit_context
 from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.multiclass import type_of_target
 from sklearn.utils.validation import check_array, check_is_fitted
 from torch import nn
 
@@ -61,6 +62,12 @@ def _check_labels(labels: np.ndarray) -> None:
         )
 
 
+def _is_continuous(c: np.ndarray) -> bool:
+    """Whether 1-D conditions are values of a covariate (not integers or strings) rather than
+    labels, as scikit-learn's ``type_of_target`` judges them."""
+    return c.dtype.kind == "f" and bool(np.isfinite(c).all()) and type_of_target(c) == "continuous"
+
+
 @fill_shared_docs
 class CVAE(BaseVAEEstimator):
     """Conditional variational autoencoder, a scikit-learn estimator trained with Lightning.
@@ -71,7 +78,9 @@ class CVAE(BaseVAEEstimator):
 
     The conditions c are given to every method that needs them as the keyword ``conditions``:
     1-D labels of any dtype (one-hot inside, ``classes_`` kept) or 2-D numeric covariates
-    (standardised inside, so ages in years work as well as z-scores). ``fit`` and ``score``
+    (standardised inside, so ages in years work as well as z-scores). 1-D floats that are
+    not all integers (what ``sklearn.utils.multiclass.type_of_target`` calls 'continuous',
+    such as ages) are one covariate. ``fit`` and ``score``
     also take them as ``y`` when ``conditions`` is not given, a stand-alone shorthand:
     ``CVAE().fit(X, site)``. In a Pipeline, where ``y`` is the target, route them as
     metadata (see the user guide)::
@@ -220,6 +229,8 @@ class CVAE(BaseVAEEstimator):
             raise ValueError(
                 f"conditions have {len(c)} rows but X has {n_rows}: give one per sample."
             )
+        if c.ndim == 1 and (_is_continuous(c) if reset else not self._conditions_are_labels):
+            c = c[:, None]  # one covariate, e.g. ages given as a 1-D array
         if reset:
             self._conditions_are_labels = c.ndim == 1
         if self._conditions_are_labels:

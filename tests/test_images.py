@@ -111,6 +111,11 @@ def test_cvae_on_volumes_with_a_covariate(volumes):
     assert Z.shape == (60, 2)
     assert cvae.inverse_transform(Z[:4], conditions=age[:4] + 5).shape == (4, 1, 9, 11, 7)
     assert cvae.sample(2, conditions=[[40.0], [70.0]]).shape == (4, 1, 9, 11, 7)
+    # 1-D ages are one covariate, not one label per subject
+    one_d = CVAE(**SMALL).fit(X, conditions=age[:, 0])
+    assert not hasattr(one_d, "classes_") and one_d.covariate_mean_.shape == (1,)
+    assert_array_equal(one_d.transform(X, conditions=age[:, 0]), Z)
+    assert_array_equal(one_d.transform(X[:2], conditions=[50.0, 60.0]).shape, (2, 2))
     # the decoder reads the conditions: decoding one latent under two ages differs
     two = cvae.inverse_transform(np.repeat(Z[:1], 2, 0), conditions=[[30.0], [70.0]])
     assert not np.allclose(two[0], two[1])
