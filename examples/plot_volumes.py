@@ -80,6 +80,7 @@ print(
     f"{np.corrcoef(change[mask], planted[mask])[0, 1]:.2f}"
 )
 template = to_image(X[:, 0].mean(0))
+scale = np.abs(planted).max()  # one colour scale for both maps
 for effect, title in [
     (change, "VAE: decoded(age 70) - decoded(age 30)"),
     (planted, "planted: intensity change from 30 to 70"),
@@ -91,6 +92,9 @@ for effect, title in [
         cut_coords=[-30, -20, -10, 0, 10],
         title=title,
         draw_cross=False,
+        vmax=scale,
+        threshold=0.05 * scale,
+        symmetric_cbar=True,
     )
 
 # %%
