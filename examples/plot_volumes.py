@@ -28,6 +28,7 @@ import numpy as np
 from nilearn import plotting
 from sklearn.decomposition import PCA
 from sklearn.linear_model import LinearRegression
+from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import cross_val_score
 
 from nidl_vae import CVAE, VAE
@@ -109,9 +110,14 @@ normative.fit(X[train], conditions=age[train])
 threshold = np.percentile(normative.score_samples(X[calibration], conditions=age[calibration]), 5)
 healthy = normative.score_samples(X[test], conditions=age[test])
 lesioned = normative.score_samples(X_lesioned, conditions=lesion_age)
+# how well the score ranks lesioned below healthy subjects (1 = always, 0.5 = chance)
+auc = roc_auc_score(
+    np.r_[np.ones(len(lesioned)), np.zeros(len(healthy))], -np.r_[lesioned, healthy]
+)
 print(
-    f"flagged (score below the calibration 5th percentile): {np.mean(lesioned < threshold):.0%}"
-    f" of lesioned subjects, {np.mean(healthy < threshold):.0%} of held-out healthy ones"
+    f"area under the ROC curve, lesioned vs held-out healthy: {auc:.2f}; flagged (score below "
+    f"the calibration 5th percentile): {np.mean(lesioned < threshold):.0%} of lesioned "
+    f"subjects, {np.mean(healthy < threshold):.0%} of held-out healthy ones"
 )
 fig, ax = plt.subplots(figsize=(6, 3.5))
 ax.hist(healthy, bins=15, alpha=0.7, label="held-out healthy")
