@@ -74,11 +74,13 @@ planted_map = -0.5 * ageing * volumes[:, 0].mean(0) * 40 / 60
 planted = np.ravel(masker.transform(nib.Nifti1Image(planted_map, affine)))
 match = np.corrcoef(decoded[1] - decoded[0], planted)[0, 1]
 print(f"correlation of the decoded ageing map with the planted one: {match:.2f}")
-scale = np.abs(planted).max()  # one colour scale for both maps
+change = decoded[1] - decoded[0]
+print(f"largest decoded change {np.abs(change).max():.3f}, planted {np.abs(planted).max():.3f}")
 for effect, title in [
-    (decoded[1] - decoded[0], "VAE: decoded(age 70) - decoded(age 30)"),
+    (change, "VAE: decoded(age 70) - decoded(age 30)"),
     (planted, "planted: intensity change from 30 to 70"),
 ]:
+    scale = np.abs(effect).max()  # each map on its own scale: the decoded change is smaller
     plotting.plot_stat_map(
         masker.inverse_transform(effect),
         bg_img=template,
