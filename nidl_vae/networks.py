@@ -95,8 +95,8 @@ def _groups(channels: int) -> int:
     return max(1, min(8, channels // 2))
 
 
-class PadTo(nn.Module):
-    """Zero-pads the trailing spatial dimensions at their end to ``shape``."""
+class _ToShape(nn.Module):
+    """A module that brings the trailing spatial dimensions of its input to ``shape``."""
 
     def __init__(self, shape: Sequence[int]):
         super().__init__()
@@ -104,6 +104,10 @@ class PadTo(nn.Module):
 
     def extra_repr(self) -> str:
         return f"shape={self.shape}"
+
+
+class PadTo(_ToShape):
+    """Zero-pads the trailing spatial dimensions at their end to ``shape``."""
 
     def forward(self, x: Tensor) -> Tensor:
         pad: list[int] = []
@@ -112,15 +116,8 @@ class PadTo(nn.Module):
         return nn.functional.pad(x, pad) if any(pad) else x
 
 
-class CropTo(nn.Module):
+class CropTo(_ToShape):
     """Keeps the first ``shape`` entries of the trailing spatial dimensions."""
-
-    def __init__(self, shape: Sequence[int]):
-        super().__init__()
-        self.shape = tuple(shape)
-
-    def extra_repr(self) -> str:
-        return f"shape={self.shape}"
 
     def forward(self, x: Tensor) -> Tensor:
         return x[(..., *(slice(0, n) for n in self.shape))]
