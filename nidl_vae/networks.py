@@ -16,15 +16,21 @@ import torch
 from torch import Tensor, nn
 
 
-def linear(in_dim: int, out_dim: int, generator: torch.Generator) -> nn.Linear:
-    """An ``nn.Linear`` with PyTorch's default initialisation drawn from ``generator``:
-    weights and biases uniform in :math:`\\pm 1/\\sqrt{\\mathrm{in\\_dim}}`."""
-    layer = nn.utils.skip_init(nn.Linear, in_dim, out_dim)
-    bound = 1.0 / math.sqrt(in_dim) if in_dim > 0 else 0.0
+def _init_from(layer: nn.Module, generator: torch.Generator) -> nn.Module:
+    """PyTorch's default initialisation of a linear or convolutional layer, drawn from
+    ``generator``: weights and biases uniform in :math:`\\pm 1/\\sqrt{\\mathrm{fan\\_in}}`."""
+    fan_in = layer.weight[0].numel()  # inputs (times the kernel's size) of one output
+    bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
     with torch.no_grad():
         layer.weight.uniform_(-bound, bound, generator=generator)
         layer.bias.uniform_(-bound, bound, generator=generator)
     return layer
+
+
+def linear(in_dim: int, out_dim: int, generator: torch.Generator) -> nn.Linear:
+    """An ``nn.Linear`` with PyTorch's default initialisation drawn from ``generator``:
+    weights and biases uniform in :math:`\\pm 1/\\sqrt{\\mathrm{in\\_dim}}`."""
+    return _init_from(nn.utils.skip_init(nn.Linear, in_dim, out_dim), generator)
 
 
 def mlp(
@@ -72,22 +78,11 @@ class GaussianEncoder(nn.Module):
         return self.mu(h), self.logvar(h)
 
 
-def _init_from(layer: nn.Module, generator: torch.Generator) -> nn.Module:
-    """PyTorch's default initialisation of a convolution, drawn from ``generator``: weights and
-    biases uniform in :math:`\\pm 1/\\sqrt{\\mathrm{fan\\_in}}`."""
-    fan_in, _ = nn.init._calculate_fan_in_and_fan_out(layer.weight)
-    bound = 1.0 / math.sqrt(fan_in)
-    with torch.no_grad():
-        layer.weight.uniform_(-bound, bound, generator=generator)
-        layer.bias.uniform_(-bound, bound, generator=generator)
-    return layer
-
-
 def conv_depth(spatial_shape: Sequence[int], n_channels: int) -> int:
     """Number of stride-2 layers of the default convolutional networks: one per entry of
     ``conv_channels``, but no more than halve the smallest side to 2 voxels or more."""
     smallest = min(spatial_shape)
-    return max(1, min(n_channels, int(math.floor(math.log2(max(smallest, 2) / 2))) or 1))
+    return max(1, min(n_channels, int(math.log2(max(smallest, 2) / 2))))
 
 
 def _groups(channels: int) -> int:
