@@ -42,7 +42,7 @@ from .base import (
 from .data import Rows, iter_chunks, moments, read_rows
 from .distributions import DECODER_DISTS, DecoderLikelihood, check_data_fits
 from .module import BaseVAEModule, mean_over_draws
-from .networks import GaussianEncoder, mlp, output_width
+from .networks import GaussianEncoder, mlp, output_width, standardize
 from .objectives import (
     gaussian_kl,
     product_of_experts,
@@ -483,7 +483,7 @@ class CRMVAE(BaseVAEEstimator):
                     f"decoder_scale[{name!r}]={scale!r}; give a positive finite float or 'learned'."
                 )
         self.rescale_factors_ = self._resolve_rescale_factors()
-        units = {}
+        units, means = {}, {}
         for m, (name, (start, stop)) in enumerate(self.modalities_.items()):
             if not observed[:, m].any():
                 raise ValueError(f"Modality {name!r} is missing in every row: nothing to learn.")
@@ -496,9 +496,10 @@ class CRMVAE(BaseVAEEstimator):
                 f" for modality {name!r}",
             )
             units[name] = block.scale()
+            means[name] = torch.as_tensor(block.mean, dtype=torch.float32)
         self._encoders = self._networks("encoders")
         self._decoders = self._networks("decoders")
-        return rows, {"units": units, "observed": observed}
+        return rows, {"units": units, "means": means, "observed": observed}
 
     def _networks(self, param: str) -> dict:
         """The user's module (or None, for the default MLP) of each modality, checked."""
@@ -544,7 +545,10 @@ class CRMVAE(BaseVAEEstimator):
             example_rows = np.flatnonzero(observed[:, m])[:2]
             block = rows.read(example_rows)[0][:, start:stop]
             if self._encoders[name] is None:
-                backbone = mlp(width, hidden, generator=generator)
+                backbone = nn.Sequential(
+                    standardize(stats["means"][name], stats["units"][name]),
+                    mlp(width, hidden, generator=generator),
+                )
             else:
                 backbone = private_copy(self._encoders[name])
             out_dim = output_width(backbone, block, f"encoder of modality {name!r}")

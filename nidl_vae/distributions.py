@@ -23,6 +23,8 @@ HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 LOG_2 = math.log(2.0)
 LEARNED_SCALE_START = 0.4
 LEARNED_SCALE_FLOOR = 0.1
+# features per block of LinearNormalReadout's float64 sums
+_FEATURE_BLOCK = 8192
 
 
 def normal_log_prob(x: Tensor, loc: Tensor, scale: Tensor | float) -> Tensor:
@@ -178,3 +180,67 @@ class DecoderLikelihood(nn.Module):
         if self.dist == "categorical":
             return torch.softmax(out, dim=-1)
         return out
+
+
+class LinearNormalReadout:
+    """:math:`\\log N(x; W h + b, \\mathrm{diag}\\, \\sigma^2)` for many hidden vectors h per
+    row x, without forming the location :math:`W h + b`.
+
+    With :math:`d = x - b` and :math:`\\Lambda = \\mathrm{diag}\\, \\sigma^{-2}`, the squared
+    residual expands into a quadratic form in h:
+
+    .. math:: (d - W h)^\\top \\Lambda (d - W h)
+        = d^\\top \\Lambda d - 2 h^\\top W^\\top \\Lambda d + h^\\top W^\\top \\Lambda W h
+
+    Its first two terms are computed once per row and :math:`W^\\top \\Lambda W` once per
+    batch, so a draw costs :math:`H^2` operations for H hidden units instead of :math:`H p`
+    for p features: at p = 10^4 and H = 256, the decoder's last layer is 40 times cheaper.
+    The log-likelihood's importance sampling (thousands of draws per row) is where it pays.
+
+    Parameters
+    ----------
+    x : Tensor of shape (B, p)
+        The rows.
+    layer : nn.Linear
+        The decoder's last layer (weight W of shape (p, H), bias b).
+    scale : Tensor of shape (p,) or float
+        The likelihood's standard deviations.
+    """
+
+    def __init__(self, x: Tensor, layer: nn.Linear, scale: Tensor | float):
+        weight, bias = layer.weight, layer.bias
+        p, width = weight.shape
+        scale = torch.as_tensor(scale, dtype=weight.dtype, device=weight.device)
+        inv_var = scale.reciprocal().square().expand(p)
+        deviation = x if bias is None else x - bias
+        # in float64, a block of features at a time: the quadratic form is a difference of
+        # large numbers (float32 lost 10 times the precision of the direct sum), and a float64
+        # copy of a 10^5-feature layer would be larger than the layer
+        self.row_term = x.new_zeros(len(x), dtype=torch.float64)
+        self.cross = x.new_zeros(len(x), width, dtype=torch.float64)
+        self.gram = x.new_zeros(width, width, dtype=torch.float64)
+        for start in range(0, p, _FEATURE_BLOCK):
+            block = slice(start, start + _FEATURE_BLOCK)
+            w, inv = weight[block].double(), inv_var[block].double()
+            d = deviation[:, block].double()
+            weighted = d * inv
+            self.row_term += torch.linalg.vecdot(weighted, d)
+            self.cross += weighted @ w
+            self.gram += w.T @ (w * inv[:, None])
+        self.constant = float(_log_scale_sum(scale, p)) + HALF_LOG_2PI * p
+
+    @staticmethod
+    def applies(layer: nn.Module, dist: str) -> bool:
+        """Whether the expansion saves work: a Normal likelihood read from a linear layer with
+        at least 4 outputs per input."""
+        return (
+            dist == "normal"
+            and isinstance(layer, nn.Linear)
+            and layer.out_features >= 4 * layer.in_features
+        )
+
+    def __call__(self, hidden: Tensor) -> Tensor:
+        """:math:`\\log p(x|z)` of shape (k, B) from the last hidden layer (k, B, H)."""
+        h = hidden.double()
+        squared = torch.linalg.vecdot(h @ self.gram - 2 * self.cross, h) + self.row_term
+        return (-0.5 * squared.clamp_min(0) - self.constant).to(hidden.dtype)

@@ -29,9 +29,21 @@ from .base import (
     private_copy,
 )
 from .data import Rows
-from .distributions import DecoderLikelihood, check_data_fits, output_for_mean
+from .distributions import (
+    DecoderLikelihood,
+    LinearNormalReadout,
+    check_data_fits,
+    output_for_mean,
+)
 from .module import BaseVAEModule
-from .networks import GaussianEncoder, conv_decoder, conv_encoder, mlp, output_width
+from .networks import (
+    GaussianEncoder,
+    conv_decoder,
+    conv_encoder,
+    mlp,
+    output_width,
+    standardize,
+)
 from .objectives import (
     gaussian_kl,
     gaussian_log_density,
@@ -98,9 +110,7 @@ class VAEModule(BaseVAEModule):
         return self.encoder(torch.cat([x, c], 1) if self.encoder_reads_conditions else x, c)
 
     def decode(self, z: Tensor, c: Tensor | None = None) -> Tensor:
-        if c is not None:
-            z = torch.cat([z, c.expand(*z.shape[:-1], c.shape[-1])], -1)
-        return self.decoder(z).flatten(1)
+        return self.decoder(_with_conditions(z, c)).flatten(1)
 
     def prior_params(self, c: Tensor | None) -> tuple[Tensor | None, Tensor | None]:
         """Mean and log-variance of :math:`p(z|c)`; (None, None) for :math:`N(0, I)`."""
@@ -126,9 +136,17 @@ class VAEModule(BaseVAEModule):
         mu, logvar = self.encode(x, c)
         mu_p, logvar_p = self.prior_params(c)
 
+        last = self.decoder[-1] if isinstance(self.decoder, nn.Sequential) else None
+        readout = None
+        if LinearNormalReadout.applies(last, self.likelihood.dist):
+            readout = LinearNormalReadout(x.flatten(1), last, self.likelihood.scale())
+
         def log_lik(z: Tensor) -> Tensor:
             flat_c = None if c is None else c.repeat(len(z), 1)
-            loc = self.decode(z.flatten(0, 1), flat_c)
+            inputs = _with_conditions(z.flatten(0, 1), flat_c)
+            if readout is not None:
+                return readout(self.decoder[:-1](inputs).unflatten(0, z.shape[:2]))
+            loc = self.decoder(inputs).flatten(1)
             return self.likelihood.log_prob(x.flatten(1), loc.unflatten(0, z.shape[:2]))
 
         def log_prior(z: Tensor) -> Tensor:
@@ -148,6 +166,11 @@ class VAEModule(BaseVAEModule):
         return mu, logvar
 
 
+def _with_conditions(z: Tensor, c: Tensor | None) -> Tensor:
+    """The decoder's input: the latents, with the conditions appended when there are some."""
+    return z if c is None else torch.cat([z, c.expand(*z.shape[:-1], c.shape[-1])], -1)
+
+
 def _split(batch: tuple[Tensor, ...]) -> tuple[Tensor, Tensor | None]:
     return batch[0], (batch[1] if len(batch) > 1 else None)
 
@@ -164,11 +187,18 @@ def build_vae_module(
     images = X.dim() > 2
     hidden = check_layer_sizes(estimator.hidden_layer_sizes)
     channels = check_layer_sizes(estimator.conv_channels, "conv_channels")
+    mean = torch.as_tensor(stats["mean"], dtype=torch.float32).reshape(X.shape[1:])
     if estimator.encoder is None and images:
-        backbone = conv_encoder(X.shape[1:], channels, generator=generator)
+        backbone = nn.Sequential(
+            standardize(mean, stats["unit"]),
+            conv_encoder(X.shape[1:], channels, generator=generator),
+        )
         out_dim = output_width(backbone, X, "default encoder")
     elif estimator.encoder is None:
-        backbone = mlp(n_features + n_cond, hidden, generator=generator)
+        backbone = nn.Sequential(
+            standardize(mean, stats["unit"], n_cond),
+            mlp(n_features + n_cond, hidden, generator=generator),
+        )
         out_dim = output_width(backbone, torch.cat([X, C], 1), "default encoder")
     else:
         backbone = private_copy(estimator.encoder)
@@ -182,7 +212,6 @@ def build_vae_module(
     if estimator.decoder is None and images:
         # the convolutional decoder's per-voxel offset starts at the mean volume: learned
         # through transposed convolutions, the mean image alone took more than 100 epochs
-        mean = torch.as_tensor(stats["mean"], dtype=torch.float32).reshape(X.shape[1:])
         start = output_for_mean(estimator.decoder_dist, mean)
         decoder = conv_decoder(X.shape[1:], channels, in_dim, generator=generator, start=start)
     elif estimator.decoder is None:

@@ -12,6 +12,7 @@ from nidl_vae.distributions import (
     LEARNED_SCALE_FLOOR,
     LEARNED_SCALE_START,
     DecoderLikelihood,
+    LinearNormalReadout,
     bernoulli_log_prob,
     categorical_log_prob,
     laplace_log_prob,
@@ -199,3 +200,28 @@ def test_normal_log_prob_gradients_match_autograd_of_the_formula(loc_shape, scal
     formula = -(0.5 * math.log(2 * math.pi) + torch.log(scale) + 0.5 * ((x - loc) / scale) ** 2)
     assert_allclose(normal_log_prob(x, loc, scale).detach(), formula.sum(-1).detach())
     assert torch.autograd.gradcheck(normal_log_prob, (x, loc, scale))
+
+
+@pytest.mark.parametrize("per_feature", [True, False])
+def test_linear_normal_readout_equals_the_direct_density_in_float64(per_feature):
+    # the expanded quadratic form against sum_j log N(x_j; (W h + b)_j, s_j^2) computed in
+    # float64 from the location itself, for (k, B) = (7, 3) hidden vectors of width 5
+    gen = torch.Generator().manual_seed(0)
+    layer = torch.nn.Linear(5, 40)
+    x = torch.randn(3, 40, generator=gen) + 2.0
+    hidden = torch.randn(7, 3, 5, generator=gen)
+    scale = torch.rand(40, generator=gen) + 0.1 if per_feature else 0.3
+    with torch.no_grad():
+        fast = LinearNormalReadout(x, layer, scale)(hidden)
+        loc = hidden.double() @ layer.weight.double().T + layer.bias.double()
+        direct = normal_log_prob(x.double(), loc, torch.as_tensor(scale).double())
+    assert fast.shape == (7, 3)
+    assert_allclose(fast.numpy(), direct.numpy(), rtol=1e-6)
+
+
+def test_linear_normal_readout_applies_to_wide_linear_normal_decoders_only():
+    wide, narrow = torch.nn.Linear(8, 32), torch.nn.Linear(8, 31)
+    assert LinearNormalReadout.applies(wide, "normal")
+    assert not LinearNormalReadout.applies(narrow, "normal")
+    assert not LinearNormalReadout.applies(wide, "laplace")
+    assert not LinearNormalReadout.applies(torch.nn.ReLU(), "normal")

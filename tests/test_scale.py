@@ -167,6 +167,34 @@ with open(f"rank{rank}.json", "w") as out:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("Estimator", [VAE, CVAE])
+def test_wide_decoders_score_through_the_expanded_quadratic_form(Estimator, monkeypatch):
+    # at p >= 4 x the last hidden width the log-likelihood and ELBO read the decoder's last
+    # layer as a quadratic form in its input; the values match decoding every draw
+    import nidl_vae.distributions as distributions
+
+    rng = np.random.default_rng(0)
+    X = (rng.normal(size=(40, 3)) @ rng.normal(size=(3, 300)) + 5.0).astype(np.float32)
+    conditions = np.arange(40) % 2
+    params = dict(SMALL, hidden_layer_sizes=(32,), max_epochs=10)
+    vae = Estimator(**params).fit(X, **({"conditions": conditions} if Estimator is CVAE else {}))
+    routed = {"conditions": conditions} if Estimator is CVAE else {}
+
+    def scores():
+        return (
+            vae.log_likelihood(X, n_importance=50, **routed),
+            vae.score_samples(X, **routed),
+        )
+
+    expanded = scores()
+    monkeypatch.setattr(
+        distributions.LinearNormalReadout, "applies", staticmethod(lambda layer, dist: False)
+    )
+    direct = scores()
+    for fast, slow in zip(expanded, direct, strict=True):
+        assert_allclose(fast, slow, rtol=1e-5, atol=1e-3)
+
+
 def test_ddp_on_two_cpu_processes(tmp_path):
     script = tmp_path / "fit_ddp.py"
     script.write_text(textwrap.dedent(_DDP_SCRIPT))
