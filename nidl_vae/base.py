@@ -194,6 +194,8 @@ class BaseVAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
     # whether X may hold images (n, C, H, W) or volumes (n, C, D, H, W) besides rows
     _accepts_images = True
     _integer_params = ("latent_dim", "batch_size", "max_epochs", "n_iter_no_change")
+    # private fitted attributes that ``load`` recomputes from the parameters instead of reading
+    _derived_at_load: tuple[str, ...] = ()
 
     # ------------------------------------------------------------------ model hooks
     @abstractmethod
@@ -205,6 +207,41 @@ class BaseVAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
     @abstractmethod
     def _build_module(self, rows: Rows, stats: dict, generator: torch.Generator, seed: int):
         """The model's LightningModule, its layers initialised from ``generator``."""
+
+    def _placeholder_training(self) -> tuple[Rows, dict]:
+        """Rows and statistics of the fitted shapes, for rebuilding the module at load (its
+        weights and buffers then come from the file)."""
+        X = np.zeros((2, *self.input_shape_), dtype=np.float32)
+        return Rows(X), {"mean": np.zeros(self.n_features_in_), "unit": 1.0}
+
+    def _restore_derived(self) -> None:
+        """Recompute the ``_derived_at_load`` attributes after load set the parameters."""
+
+    def _module_for_load(self, max_epochs: int):
+        rows, stats = self._placeholder_training()
+        generator = torch.Generator().manual_seed(0)
+        return self._build_module(rows, {**stats, "max_epochs": max_epochs}, generator, self._seed)
+
+    def save(self, path) -> None:
+        """Save the fitted model to ``path`` without pickle: parameters and fitted attributes as
+        JSON, weights as arrays, in one ``.npz`` file that :func:`nidl_vae.load` reads
+        without running any code from it.
+
+        Parameters
+        ----------
+        path : str or path-like
+            The file to write (conventionally ``*.npz``).
+
+        Notes
+        -----
+        User networks are saved as weights only: pass the same architectures to
+        :func:`~nidl_vae.load`. Parameters that are objects rather than data (callbacks or
+        loggers in ``trainer_params``, a ``RandomState`` instance) are not saved; the loaded
+        estimator has their defaults.
+        """
+        from .persistence import save
+
+        save(self, path)
 
     # ------------------------------------------------------------------ fitting
     def _fit(self, X, y=None, **metadata):

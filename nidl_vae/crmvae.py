@@ -42,7 +42,7 @@ from .base import (
 from .data import Rows, iter_chunks, moments, read_rows
 from .distributions import DECODER_DISTS, DecoderLikelihood, check_data_fits
 from .module import BaseVAEModule, mean_over_draws
-from .networks import GaussianEncoder, mlp, output_width, standardize
+from .networks import GaussianEncoder, mlp, output_width
 from .objectives import (
     gaussian_kl,
     product_of_experts,
@@ -280,6 +280,7 @@ class CRMVAE(BaseVAEEstimator):
     """
 
     _accepts_images = False  # modalities are column blocks of rows
+    _derived_at_load = ("_encoders", "_decoders")
     _parameter_constraints: dict = {
         **BaseVAEEstimator._parameter_constraints,
         "modalities": [dict, list, tuple, None],
@@ -483,7 +484,7 @@ class CRMVAE(BaseVAEEstimator):
                     f"decoder_scale[{name!r}]={scale!r}; give a positive finite float or 'learned'."
                 )
         self.rescale_factors_ = self._resolve_rescale_factors()
-        units, means = {}, {}
+        units = {}
         for m, (name, (start, stop)) in enumerate(self.modalities_.items()):
             if not observed[:, m].any():
                 raise ValueError(f"Modality {name!r} is missing in every row: nothing to learn.")
@@ -496,10 +497,19 @@ class CRMVAE(BaseVAEEstimator):
                 f" for modality {name!r}",
             )
             units[name] = block.scale()
-            means[name] = torch.as_tensor(block.mean, dtype=torch.float32)
         self._encoders = self._networks("encoders")
         self._decoders = self._networks("decoders")
-        return rows, {"units": units, "means": means, "observed": observed}
+        return rows, {"units": units, "observed": observed}
+
+    def _placeholder_training(self) -> tuple[Rows, dict]:
+        X = np.zeros((2, self.n_features_in_), dtype=np.float32)
+        observed = np.ones((2, len(self.modalities_)), dtype=bool)
+        units = dict.fromkeys(self.modalities_, 1.0)
+        return Rows(X, [observed]), {"units": units, "observed": observed}
+
+    def _restore_derived(self) -> None:
+        self._encoders = self._networks("encoders")
+        self._decoders = self._networks("decoders")
 
     def _networks(self, param: str) -> dict:
         """The user's module (or None, for the default MLP) of each modality, checked."""
@@ -545,10 +555,7 @@ class CRMVAE(BaseVAEEstimator):
             example_rows = np.flatnonzero(observed[:, m])[:2]
             block = rows.read(example_rows)[0][:, start:stop]
             if self._encoders[name] is None:
-                backbone = nn.Sequential(
-                    standardize(stats["means"][name], stats["units"][name]),
-                    mlp(width, hidden, generator=generator),
-                )
+                backbone = mlp(width, hidden, generator=generator)
             else:
                 backbone = private_copy(self._encoders[name])
             out_dim = output_width(backbone, block, f"encoder of modality {name!r}")

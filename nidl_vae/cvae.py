@@ -102,7 +102,8 @@ class CVAE(BaseVAEEstimator):
     ----------
     encoder : nn.Module, default=None
         Reads X alone (an image CNN works); its flattened output and the conditions feed the
-        posterior heads. None builds an MLP over ``[X, conditions]``.
+        posterior heads. None builds an MLP over ``[X, conditions]``, with X standardised
+        as the VAE's default encoder reads it.
     decoder : nn.Module, default=None
         Reads ``[z, conditions]`` (width ``latent_dim`` + number of encoded conditions).
     prior_network : 'mlp', nn.Module or None, default=None
@@ -303,6 +304,11 @@ class CVAE(BaseVAEEstimator):
         stats = self._scan(X)
         check_data_fits(np.nanmin(stats.min), np.nanmax(stats.max), self.decoder_dist)
         return Rows(X, [C]), {"unit": stats.scale(), "mean": stats.mean}
+
+    def _placeholder_training(self) -> tuple[Rows, dict]:
+        rows, stats = super()._placeholder_training()
+        width = len(self.classes_) if self._conditions_are_labels else len(self.covariate_mean_)
+        return Rows(rows.X, [np.zeros((len(rows), width), dtype=np.float32)]), stats
 
     def _build_module(self, rows, stats, generator, seed) -> VAEModule:
         n_cond = rows.aligned[0].shape[1]

@@ -150,7 +150,8 @@ class DecoderLikelihood(nn.Module):
         self.has_scale = dist in ("normal", "laplace")
         self.learned = self.has_scale and scale == "learned"
         if self.learned:
-            self.min_scale = LEARNED_SCALE_FLOOR * unit
+            # a buffer, so that a saved model keeps the floor its data set
+            self.register_buffer("min_scale", torch.tensor(LEARNED_SCALE_FLOOR * unit))
             excess = torch.full((n_features,), (LEARNED_SCALE_START - LEARNED_SCALE_FLOOR) * unit)
             # inverse softplus, so that softplus(raw) + floor is the start
             self.raw_scale = nn.Parameter(excess + torch.log(-torch.expm1(-excess)))

@@ -261,8 +261,11 @@ class VAE(BaseVAEEstimator):
     ----------
     encoder : nn.Module, default=None
         Maps a batch of rows of X to features; two linear heads map those (flattened) to the
-        posterior mean and log-variance. None builds an MLP with ``hidden_layer_sizes``. A
-        given module is copied at fit (never trained in place) and keeps its initial weights.
+        posterior mean and log-variance. None builds an MLP with ``hidden_layer_sizes`` (the
+        convolutional encoder for images) that reads standardised samples,
+        :math:`(x - \\bar x) / u`, with :math:`\\bar x` the training data's mean sample and u
+        the root mean square of its features' standard deviations. A given module reads X as
+        it is, is copied at fit (never trained in place) and keeps its initial weights.
     decoder : nn.Module, default=None
         Maps a batch of latents to the likelihood's location (or logits for 'bernoulli'), one
         row of ``n_features_in_`` values (flattened) per latent. None builds the mirror MLP.
