@@ -102,8 +102,7 @@ class CVAE(BaseVAEEstimator):
     ----------
     encoder : nn.Module, default=None
         Reads X alone (an image CNN works); its flattened output and the conditions feed the
-        posterior heads. None builds an MLP over ``[X, conditions]``, with X standardised
-        as the VAE's default encoder reads it.
+        posterior heads. None builds an MLP over ``[X, conditions]``.
     decoder : nn.Module, default=None
         Reads ``[z, conditions]`` (width ``latent_dim`` + number of encoded conditions).
     prior_network : 'mlp', nn.Module or None, default=None

@@ -130,38 +130,6 @@ class Offset(nn.Module):
         return x + self.offset
 
 
-class Affine(nn.Module):
-    """A fixed elementwise map :math:`x \\mapsto x \\odot a + b` (``scale`` a, ``shift`` b, of
-    one sample's shape or broadcastable to it), not trained.
-
-    The default networks work in standardised units: the encoder reads
-    :math:`(x - \\bar x) / u` and the decoder's network output :math:`f(z)` becomes
-    :math:`\\bar x + u f(z)`, with :math:`\\bar x` the training data's mean sample and u the root
-    mean square of its features' standard deviations. Adam's steps are of a fixed size in
-    parameter space, so without this the training speed depends on the data's units and on
-    how far its mean lies from zero.
-    """
-
-    def __init__(self, scale: Tensor | float, shift: Tensor | float):
-        super().__init__()
-        self.register_buffer("scale", torch.as_tensor(scale, dtype=torch.float32))
-        self.register_buffer("shift", torch.as_tensor(shift, dtype=torch.float32))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return torch.addcmul(self.shift, x, self.scale)
-
-
-def standardize(mean: Tensor, unit: float, n_passthrough: int = 0) -> Affine:
-    """The encoder's input layer :math:`(x - \\bar x) / u`; ``n_passthrough`` trailing
-    columns (conditions appended to rows) pass unchanged."""
-    mean = mean.float()
-    scale = torch.full_like(mean, 1.0 / unit)
-    if n_passthrough:
-        mean = torch.cat([mean, mean.new_zeros(n_passthrough)])
-        scale = torch.cat([scale, scale.new_ones(n_passthrough)])
-    return Affine(scale, -mean * scale)
-
-
 def _padded_shape(spatial_shape: Sequence[int], depth: int) -> tuple[int, ...]:
     step = 2**depth
     return tuple(-(-n // step) * step for n in spatial_shape)

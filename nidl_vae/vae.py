@@ -36,14 +36,7 @@ from .distributions import (
     output_for_mean,
 )
 from .module import BaseVAEModule
-from .networks import (
-    GaussianEncoder,
-    conv_decoder,
-    conv_encoder,
-    mlp,
-    output_width,
-    standardize,
-)
+from .networks import GaussianEncoder, conv_decoder, conv_encoder, mlp, output_width
 from .objectives import (
     gaussian_kl,
     gaussian_log_density,
@@ -187,18 +180,11 @@ def build_vae_module(
     images = X.dim() > 2
     hidden = check_layer_sizes(estimator.hidden_layer_sizes)
     channels = check_layer_sizes(estimator.conv_channels, "conv_channels")
-    mean = torch.as_tensor(stats["mean"], dtype=torch.float32).reshape(X.shape[1:])
     if estimator.encoder is None and images:
-        backbone = nn.Sequential(
-            standardize(mean, stats["unit"]),
-            conv_encoder(X.shape[1:], channels, generator=generator),
-        )
+        backbone = conv_encoder(X.shape[1:], channels, generator=generator)
         out_dim = output_width(backbone, X, "default encoder")
     elif estimator.encoder is None:
-        backbone = nn.Sequential(
-            standardize(mean, stats["unit"], n_cond),
-            mlp(n_features + n_cond, hidden, generator=generator),
-        )
+        backbone = mlp(n_features + n_cond, hidden, generator=generator)
         out_dim = output_width(backbone, torch.cat([X, C], 1), "default encoder")
     else:
         backbone = private_copy(estimator.encoder)
@@ -212,6 +198,7 @@ def build_vae_module(
     if estimator.decoder is None and images:
         # the convolutional decoder's per-voxel offset starts at the mean volume: learned
         # through transposed convolutions, the mean image alone took more than 100 epochs
+        mean = torch.as_tensor(stats["mean"], dtype=torch.float32).reshape(X.shape[1:])
         start = output_for_mean(estimator.decoder_dist, mean)
         decoder = conv_decoder(X.shape[1:], channels, in_dim, generator=generator, start=start)
     elif estimator.decoder is None:
@@ -261,11 +248,8 @@ class VAE(BaseVAEEstimator):
     ----------
     encoder : nn.Module, default=None
         Maps a batch of rows of X to features; two linear heads map those (flattened) to the
-        posterior mean and log-variance. None builds an MLP with ``hidden_layer_sizes`` (the
-        convolutional encoder for images) that reads standardised samples,
-        :math:`(x - \\bar x) / u`, with :math:`\\bar x` the training data's mean sample and u
-        the root mean square of its features' standard deviations. A given module reads X as
-        it is, is copied at fit (never trained in place) and keeps its initial weights.
+        posterior mean and log-variance. None builds an MLP with ``hidden_layer_sizes``. A
+        given module is copied at fit (never trained in place) and keeps its initial weights.
     decoder : nn.Module, default=None
         Maps a batch of latents to the likelihood's location (or logits for 'bernoulli'), one
         row of ``n_features_in_`` values (flattened) per latent. None builds the mirror MLP.

@@ -212,3 +212,12 @@ def test_saving_an_unfitted_estimator_is_a_not_fitted_error(tmp_path):
 
 def test_load_is_exported():
     assert nidl_vae.load is load
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_model_fitted_on_a_gpu_loads_on_the_cpu(table, tmp_path):
+    X, _ = table
+    vae = VAE(accelerator="gpu", **SMALL).fit(X)
+    loaded = _round_trip(vae, tmp_path)
+    assert next(loaded.module_.parameters()).device.type == "cpu"
+    np.testing.assert_allclose(loaded.transform(X), vae.transform(X), rtol=1e-4, atol=1e-5)
