@@ -124,6 +124,20 @@ def test_user_networks_are_handed_back_and_checked(table, tmp_path):
     # the weights come from the file, into a copy: the module handed back is not modified
     assert not torch.equal(fresh[0].weight, loaded.module_.encoder.backbone[0].weight)
 
+    conditions = np.arange(len(X)) % 2
+    prior = torch.nn.Sequential(torch.nn.Linear(2, 4), torch.nn.Tanh())
+    cvae = CVAE(decoder=torch.nn.Linear(5, 64), prior_network=prior, **SMALL)
+    cvae.fit(X, conditions=conditions).save(path)
+    with pytest.raises(ValueError, match="user network for decoder"):
+        load(path, prior_network=torch.nn.Sequential(torch.nn.Linear(2, 4), torch.nn.Tanh()))
+    loaded = load(
+        path,
+        decoder=torch.nn.Linear(5, 64),
+        prior_network=torch.nn.Sequential(torch.nn.Linear(2, 4), torch.nn.Tanh()),
+    )
+    _assert_same_results(cvae, loaded, X, conditions=conditions)
+    assert_array_equal(loaded.sample(conditions=[0, 1]), cvae.sample(conditions=[0, 1]))
+
     left = torch.nn.Sequential(torch.nn.Linear(32, 8), torch.nn.ReLU())
     crmvae = CRMVAE(modalities={"left": 32, "right": 32}, encoders={"left": left}, **SMALL)
     crmvae.fit(X).save(path)
