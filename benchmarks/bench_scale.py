@@ -237,6 +237,23 @@ def timed(fn, repeats):
     return statistics.median(times)
 
 
+def against_the_loop(vae: VAE, rows: np.ndarray, what: str, n_pairs: int) -> None:
+    """Print log_likelihood (K = 1,000) against the per-sample loop: interleaved, medians."""
+    pairs = [
+        (
+            timed(lambda: vae.log_likelihood(rows, n_importance=1000), 1),
+            timed(lambda: per_sample_log_likelihood(vae, rows, 1000), 1),
+        )
+        for _ in range(n_pairs)
+    ]
+    t_vae, t_loop = (statistics.median(t) for t in zip(*pairs, strict=True))
+    speedup = statistics.median(loop / ours for ours, loop in pairs)
+    print(
+        f"  log_likelihood K=1000 on {what}: {t_vae:.2f} s; MultiVae's per-sample loop "
+        f"{t_loop:.2f} s ({speedup:.1f}x faster, median of {n_pairs} interleaved pairs)"
+    )
+
+
 def inference(args):
     import nidl_vae.module
 
@@ -254,19 +271,7 @@ def inference(args):
         ]
         print(f"  {name} on digits: float64 / float32 time {statistics.median(ratios):.2f}x")
     rows = X64[:500]
-    pairs = [
-        (
-            timed(lambda: vae.log_likelihood(rows, n_importance=1000), 1),
-            timed(lambda: per_sample_log_likelihood(vae, rows, 1000), 1),
-        )
-        for _ in range(5)
-    ]
-    t_vae, t_loop = (statistics.median(t) for t in zip(*pairs, strict=True))
-    speedup = statistics.median(loop / ours for ours, loop in pairs)
-    print(
-        f"  log_likelihood K=1000 on 500 rows: {t_vae:.2f} s; MultiVae's per-sample loop "
-        f"{t_loop:.2f} s ({speedup:.1f}x faster, median of 5 interleaved pairs)"
-    )
+    against_the_loop(vae, rows, "500 rows", 5)
     default = nidl_vae.module.DECODE_ROWS
     for decoded_rows in (1024, 4096, 16384, 65536):
         nidl_vae.module.DECODE_ROWS = decoded_rows
@@ -288,20 +293,7 @@ def inference(args):
         for _ in range(3)
     ]
     print(f"  transform at p = 20,000: float64 / float32 time {statistics.median(ratios):.2f}x")
-    rows = Xw[:100].astype(np.float32)
-    pairs = [
-        (
-            timed(lambda: wide.log_likelihood(rows, n_importance=1000), 1),
-            timed(lambda: per_sample_log_likelihood(wide, rows, 1000), 1),
-        )
-        for _ in range(3)
-    ]
-    t_vae, t_loop = (statistics.median(t) for t in zip(*pairs, strict=True))
-    speedup = statistics.median(loop / ours for ours, loop in pairs)
-    print(
-        f"  log_likelihood K=1000 on 100 rows at p = 20,000: {t_vae:.2f} s; MultiVae's "
-        f"per-sample loop {t_loop:.2f} s ({speedup:.1f}x faster, median of 3 interleaved pairs)"
-    )
+    against_the_loop(wide, Xw[:100].astype(np.float32), "100 rows at p = 20,000", 3)
 
 
 def disk(args):
