@@ -121,6 +121,7 @@ class CVAE(BaseVAEEstimator):
     hidden_layer_sizes : tuple of int, default=(256, 128)
         Widths of the default encoder's hidden layers (the decoder mirrors them).
     <shared:conv>
+    <shared:linear_path>
     beta : float, default=1.0
         Weight of the KL term.
     decoder_dist : {'normal', 'laplace', 'bernoulli', 'categorical'}, default='normal'
@@ -149,6 +150,7 @@ class CVAE(BaseVAEEstimator):
         "prior_network": [StrOptions({"mlp"}), nn.Module, None],
         "encoder_out_dim": [Interval(Integral, 1, None, closed="left"), None],
         "conv_channels": [tuple, list],
+        "linear_path": ["boolean"],
         "decoder_dist": [StrOptions(set(DECODER_DISTS))],
         "decoder_scale": BaseVAEEstimator._scale_constraint,
     }
@@ -163,6 +165,7 @@ class CVAE(BaseVAEEstimator):
         latent_dim: int = 10,
         hidden_layer_sizes: tuple[int, ...] = (256, 128),
         conv_channels: tuple[int, ...] = (8, 16, 32, 64),
+        linear_path: bool = False,
         beta: float = 1.0,
         decoder_dist: str = "normal",
         decoder_scale: float | str = "learned",
@@ -188,6 +191,7 @@ class CVAE(BaseVAEEstimator):
         self.latent_dim = latent_dim
         self.hidden_layer_sizes = hidden_layer_sizes
         self.conv_channels = conv_channels
+        self.linear_path = linear_path
         self.beta = beta
         self.decoder_dist = decoder_dist
         self.decoder_scale = decoder_scale

@@ -57,6 +57,44 @@ def mlp(
     return nn.Sequential(*layers)
 
 
+class WithInput(nn.Module):
+    """``[body(z), z]``: a module's output with its input appended."""
+
+    def __init__(self, body: nn.Module):
+        super().__init__()
+        self.body = body
+
+    def forward(self, z: Tensor) -> Tensor:
+        return torch.cat([self.body(z), z], -1)
+
+
+def mlp_with_linear_path(
+    in_dim: int,
+    hidden_layer_sizes: Sequence[int],
+    out_dim: int,
+    *,
+    start: Tensor,
+    generator: torch.Generator,
+) -> nn.Sequential:
+    """An MLP decoder plus a linear map of its input:
+    :math:`f(z) = W_h h(z) + W_z z + b`, with h the last hidden layer.
+
+    :math:`W_h` and b are the MLP's output layer (drawn as :func:`mlp` draws it, b shifted by
+    ``start``, the output for the data's mean); :math:`W_z` starts at zero. The last module is
+    one linear layer reading :math:`[h(z), z]`, so the output stays linear in what it reads.
+    """
+    if not hidden_layer_sizes:
+        return mlp(in_dim, (), out_dim, generator=generator)
+    body = mlp(in_dim, hidden_layer_sizes, generator=generator)
+    last = linear(hidden_layer_sizes[-1], out_dim, generator)
+    combined = nn.utils.skip_init(nn.Linear, hidden_layer_sizes[-1] + in_dim, out_dim)
+    with torch.no_grad():
+        combined.weight.zero_()
+        combined.weight[:, : hidden_layer_sizes[-1]] = last.weight
+        combined.bias.copy_(last.bias + start.flatten())
+    return nn.Sequential(WithInput(body), combined)
+
+
 class GaussianEncoder(nn.Module):
     """Any backbone followed by two linear heads: :math:`\\mu(x)` and :math:`\\log s^2(x)`.
 

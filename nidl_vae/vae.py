@@ -36,7 +36,14 @@ from .distributions import (
     output_for_mean,
 )
 from .module import BaseVAEModule
-from .networks import GaussianEncoder, conv_decoder, conv_encoder, mlp, output_width
+from .networks import (
+    GaussianEncoder,
+    conv_decoder,
+    conv_encoder,
+    mlp,
+    mlp_with_linear_path,
+    output_width,
+)
 from .objectives import (
     gaussian_kl,
     gaussian_log_density,
@@ -201,6 +208,15 @@ def build_vae_module(
         mean = torch.as_tensor(stats["mean"], dtype=torch.float32).reshape(X.shape[1:])
         start = output_for_mean(estimator.decoder_dist, mean)
         decoder = conv_decoder(X.shape[1:], channels, in_dim, generator=generator, start=start)
+    elif estimator.decoder is None and estimator.linear_path:
+        mean = torch.as_tensor(stats["mean"], dtype=torch.float32)
+        decoder = mlp_with_linear_path(
+            in_dim,
+            hidden[::-1],
+            n_features,
+            start=output_for_mean(estimator.decoder_dist, mean),
+            generator=generator,
+        )
     elif estimator.decoder is None:
         decoder = mlp(in_dim, hidden[::-1], n_features, generator=generator)
     else:
@@ -260,6 +276,7 @@ class VAE(BaseVAEEstimator):
     hidden_layer_sizes : tuple of int, default=(256, 128)
         Widths of the default encoder's hidden layers (the decoder mirrors them).
     <shared:conv>
+    <shared:linear_path>
     beta : float, default=1.0
         Weight of the KL term (beta-VAE).
     decoder_dist : {'normal', 'laplace', 'bernoulli'}, default='normal'
@@ -296,6 +313,7 @@ class VAE(BaseVAEEstimator):
         "decoder": [nn.Module, None],
         "encoder_out_dim": [Interval(Integral, 1, None, closed="left"), None],
         "conv_channels": [tuple, list],
+        "linear_path": ["boolean"],
         "decoder_dist": [StrOptions({"normal", "laplace", "bernoulli"})],
         "decoder_scale": BaseVAEEstimator._scale_constraint,
     }
@@ -309,6 +327,7 @@ class VAE(BaseVAEEstimator):
         latent_dim: int = 10,
         hidden_layer_sizes: tuple[int, ...] = (256, 128),
         conv_channels: tuple[int, ...] = (8, 16, 32, 64),
+        linear_path: bool = False,
         beta: float = 1.0,
         decoder_dist: str = "normal",
         decoder_scale: float | str = "learned",
@@ -333,6 +352,7 @@ class VAE(BaseVAEEstimator):
         self.latent_dim = latent_dim
         self.hidden_layer_sizes = hidden_layer_sizes
         self.conv_channels = conv_channels
+        self.linear_path = linear_path
         self.beta = beta
         self.decoder_dist = decoder_dist
         self.decoder_scale = decoder_scale
