@@ -233,11 +233,12 @@ class LinearNormalReadout:
     @staticmethod
     def applies(layer: nn.Module, dist: str) -> bool:
         """Whether the expansion saves work: a Normal likelihood read from a linear layer with
-        at least 4 outputs per input."""
+        at least 4 outputs per input, on a device with float64 (not Apple's MPS)."""
         return (
             dist == "normal"
             and isinstance(layer, nn.Linear)
             and layer.out_features >= 4 * layer.in_features
+            and layer.weight.device.type != "mps"
         )
 
     def __call__(self, hidden: Tensor) -> Tensor:
