@@ -103,6 +103,7 @@ class VAEModule(BaseVAEModule):
         self.beta = beta
         self.prior = prior
         self.encoder_reads_conditions = encoder_reads_conditions
+        self._readout_cache = None
 
     def encode(self, x: Tensor, c: Tensor | None) -> tuple[Tensor, Tensor]:
         if c is None:
@@ -124,6 +125,19 @@ class VAEModule(BaseVAEModule):
         kl = gaussian_kl(mu, logvar, *self.prior_params(c)).mean()
         return torch.stack([reconstruction + self.beta * kl, reconstruction, kl])
 
+    def _readout(self) -> LinearNormalReadout | None:
+        """The last layer's quadratic form when it applies, computed once per state of the
+        weights (inference runs it for every batch of rows)."""
+        last = self.decoder[-1] if isinstance(self.decoder, nn.Sequential) else None
+        if not LinearNormalReadout.applies(last, self.likelihood.dist):
+            return None
+        tensors = (*last.parameters(), *self.likelihood.parameters(), *self.likelihood.buffers())
+        # in-place updates (an optimizer step) bump a tensor's version; moves make new tensors
+        key = tuple((t.data_ptr(), t._version) for t in tensors)
+        if self._readout_cache is None or self._readout_cache[0] != key:
+            self._readout_cache = (key, LinearNormalReadout(last, self.likelihood.scale()))
+        return self._readout_cache[1]
+
     def encode_step(self, batch: tuple[Tensor, ...]) -> tuple[Tensor, Tensor]:
         return self.encode(*_split(batch))
 
@@ -136,10 +150,9 @@ class VAEModule(BaseVAEModule):
         mu, logvar = self.encode(x, c)
         mu_p, logvar_p = self.prior_params(c)
 
-        last = self.decoder[-1] if isinstance(self.decoder, nn.Sequential) else None
-        readout = None
-        if LinearNormalReadout.applies(last, self.likelihood.dist):
-            readout = LinearNormalReadout(x.flatten(1), last, self.likelihood.scale())
+        readout = self._readout()
+        if readout is not None:
+            readout = readout.rows(x.flatten(1))
 
         def log_lik(z: Tensor) -> Tensor:
             flat_c = None if c is None else c.repeat(len(z), 1)
@@ -202,20 +215,16 @@ def build_vae_module(
                 f"{out_dim} values per row: set encoder_out_dim={out_dim} or leave it None."
             )
     in_dim = estimator.latent_dim + n_cond
+    # the decoder's output for the mean sample: where the offsets of the convolutional
+    # decoder (learned through transposed convolutions, the mean image alone took more than
+    # 100 epochs) and of the linear path start
+    mean = torch.as_tensor(stats["mean"], dtype=torch.float32).reshape(X.shape[1:])
+    start = output_for_mean(estimator.decoder_dist, mean)
     if estimator.decoder is None and images:
-        # the convolutional decoder's per-voxel offset starts at the mean volume: learned
-        # through transposed convolutions, the mean image alone took more than 100 epochs
-        mean = torch.as_tensor(stats["mean"], dtype=torch.float32).reshape(X.shape[1:])
-        start = output_for_mean(estimator.decoder_dist, mean)
         decoder = conv_decoder(X.shape[1:], channels, in_dim, generator=generator, start=start)
     elif estimator.decoder is None and estimator.linear_path:
-        mean = torch.as_tensor(stats["mean"], dtype=torch.float32)
         decoder = mlp_with_linear_path(
-            in_dim,
-            hidden[::-1],
-            n_features,
-            start=output_for_mean(estimator.decoder_dist, mean),
-            generator=generator,
+            in_dim, hidden[::-1], n_features, start=start, generator=generator
         )
     elif estimator.decoder is None:
         decoder = mlp(in_dim, hidden[::-1], n_features, generator=generator)

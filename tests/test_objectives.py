@@ -212,7 +212,7 @@ def test_linear_normal_readout_equals_the_direct_density_in_float64(per_feature)
     hidden = torch.randn(7, 3, 5, generator=gen)
     scale = torch.rand(40, generator=gen) + 0.1 if per_feature else 0.3
     with torch.no_grad():
-        fast = LinearNormalReadout(x, layer, scale)(hidden)
+        fast = LinearNormalReadout(layer, scale).rows(x)(hidden)
         loc = hidden.double() @ layer.weight.double().T + layer.bias.double()
         direct = normal_log_prob(x.double(), loc, torch.as_tensor(scale).double())
     assert fast.shape == (7, 3)

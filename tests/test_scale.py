@@ -187,6 +187,11 @@ def test_wide_decoders_score_through_the_expanded_quadratic_form(Estimator, monk
         )
 
     expanded = scores()
+    cached = vae.module_._readout()
+    assert vae.module_._readout() is cached  # W^T Lambda W once per state of the weights
+    with torch.no_grad():
+        vae.module_.decoder[-1].weight.mul_(1.0)  # an in-place update, as an optimizer step
+    assert vae.module_._readout() is not cached
     monkeypatch.setattr(
         distributions.LinearNormalReadout, "applies", staticmethod(lambda layer, dist: False)
     )
