@@ -221,7 +221,8 @@ class BaseVAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         """Rows and statistics of the fitted shapes, for rebuilding the module at load (its
         weights and buffers then come from the file)."""
         X = np.zeros((2, *self.input_shape_), dtype=np.float32)
-        return Rows(X), {"mean": np.zeros(self.n_features_in_), "unit": 1.0}
+        missing = getattr(self, "encoder_reads_mask_", False)
+        return Rows(X), {"mean": np.zeros(self.n_features_in_), "unit": 1.0, "missing": missing}
 
     def _restore_derived(self) -> None:
         """Recompute the ``_derived_at_load`` attributes after load set the parameters."""
@@ -409,7 +410,7 @@ class BaseVAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
             raise
 
     # ------------------------------------------------------------------ input validation
-    def _validate_X(self, X, reset: bool, allow_nan: bool = False):
+    def _validate_X(self, X, reset: bool):
         """Validated X: an in-memory float array, or a streamed source checked batch by batch.
 
         In-memory input goes through scikit-learn's validation (no copy of a float32 or
@@ -419,7 +420,7 @@ class BaseVAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         """
         if not reset:
             check_is_fitted(self)
-        finite = "allow-nan" if allow_nan else True
+        finite = "allow-nan"  # NaN cells are missing values; infinity is an error
         if is_streamed(X):
             n = data.n_rows(X)
             if reset and n < 2:
@@ -493,19 +494,18 @@ class BaseVAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
             f"{fitted}: give X of shape ({expected})."
         )
 
-    def _inference_rows(self, X, aligned=(), prepare=None, allow_nan: bool = False) -> Rows:
-        """Validated rows of X to predict on; data on disk is finite-checked as it is read."""
-        X = self._validate_X(X, reset=False, allow_nan=allow_nan)
+    def _inference_rows(self, X, aligned=(), prepare=None) -> Rows:
+        """Validated rows of X to predict on; data on disk is checked as it is read."""
+        X = self._validate_X(X, reset=False)
         check = type(self).__name__ if is_streamed(X) else None
-        return Rows(X, aligned, prepare=prepare, check=check, allow_nan=allow_nan)
+        return Rows(X, aligned, prepare=prepare, check=check)
 
-    def _scan(self, X, rows=None, allow_nan: bool = False) -> Moments:
-        """Per-feature moments of X's rows in float64, a chunk at a time; a ValueError on
-        infinite (and, unless ``allow_nan``, NaN) values, as scikit-learn's validation gives."""
+    def _scan(self, X, rows=None) -> Moments:
+        """Per-feature moments of X's rows in float64 (NaN cells left out), a chunk at a time;
+        a ValueError on infinite values, as scikit-learn's validation gives."""
         name = type(self).__name__
-        return moments(
-            data.check_finite(chunk, allow_nan, name) for chunk in data.iter_chunks(X, rows)
-        )
+        chunks = (data.check_finite(c, name) for c in data.iter_chunks(X, rows))
+        return moments(chunks, nan_aware=True)
 
     # ------------------------------------------------------------------ inference
     @property
@@ -722,6 +722,51 @@ class BaseVAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         """The validated rows a model's inference steps take for X."""
         return self._inference_rows(X)
 
+    def impute(self, X, n_draws: int | None = 100):
+        """Fill the missing (NaN) cells of X with their conditional mean given the observed ones.
+
+        .. math:: \\hat x_j = \\sum_k w_k\\, \\mathbb{E}[x_j | z_k], \\quad
+            w_k \\propto \\frac{p(x_{\\mathrm{obs}}|z_k)\\, p(z_k)}{q(z_k|x_{\\mathrm{obs}})},
+            \\quad z_k \\sim q(z|x_{\\mathrm{obs}})
+
+        (self-normalised importance sampling with K seeded draws, as MIWAE imputes; for a
+        CRMVAE, with the joint posterior of the modalities a row has, so a whole missing
+        modality is filled from the others). Observed cells are returned unchanged.
+
+        Parameters
+        ----------
+        X : array-like or DataFrame of shape (n_samples, n_features), memory map or Dataset
+            Rows with NaN where a value is missing (images may be given as images).
+        n_draws : int or None, default=100
+            Number K of posterior draws; None decodes the posterior mean alone (cheaper, not
+            the conditional mean).
+
+        Returns
+        -------
+        X_imputed : ndarray of X's shape (a DataFrame with X's index and columns for a
+            DataFrame input)
+            In X's float dtype.
+        """
+        return self._impute(X, self._prediction_rows(X), n_draws)
+
+    def _impute(self, X, rows: Rows, n_draws: int | None):
+        if n_draws is None:
+            mu, _ = self._infer(self.module_.encode_step, rows)
+            latents = Rows(mu.numpy(), aligned=rows.aligned)
+            decoded = self._infer(self.module_.decode_step, latents)
+        else:
+            check_positive_int(n_draws, "n_draws")
+            eps = self._standard_normal((n_draws, self.latent_dim), offset=5)
+            decoded = self._infer(self.module_.impute_step, rows, eps, draws=True)
+        values = data.read_rows(rows.X, slice(None))
+        decoded = self._to_numpy(decoded, values.dtype).reshape(values.shape)
+        imputed = np.where(np.isnan(values), decoded, values).astype(self._output_dtype(X))
+        if hasattr(X, "columns") and hasattr(X, "index"):
+            import pandas as pd
+
+            return pd.DataFrame(imputed, index=X.index, columns=X.columns)
+        return imputed
+
     # ------------------------------------------------------------------ sklearn API
     @property
     def _n_features_out(self) -> int:
@@ -745,6 +790,7 @@ class BaseVAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.transformer_tags.preserves_dtype = ["float64", "float32"]
+        tags.input_tags.allow_nan = True  # missing cells, see nidl_vae.missing
         return tags
 
     def __getstate__(self):

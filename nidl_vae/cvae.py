@@ -33,10 +33,10 @@ from .base import (
     private_copy,
 )
 from .data import Rows, n_rows
-from .distributions import DECODER_DISTS, check_data_fits
+from .distributions import DECODER_DISTS
 from .networks import GaussianEncoder, mlp, output_width
 from .objectives import reparameterize
-from .vae import VAEModule, build_vae_module
+from .vae import VAEModule, build_vae_module, training_statistics
 
 _HOW_TO_ROUTE = (
     "{name}.{method} needs the conditions: call {method}(..., conditions=c), one label or "
@@ -304,9 +304,7 @@ class CVAE(BaseVAEEstimator):
             )
         X = self._validate_X(X, reset=True)
         C = self._encode_conditions(conditions, n_rows(X), "fit")
-        stats = self._scan(X)
-        check_data_fits(np.nanmin(stats.min), np.nanmax(stats.max), self.decoder_dist)
-        return Rows(X, [C]), {"unit": stats.scale(), "mean": stats.mean}
+        return Rows(X, [C]), training_statistics(self, X)
 
     def _placeholder_training(self) -> tuple[Rows, dict]:
         rows, stats = super()._placeholder_training()
@@ -482,6 +480,28 @@ class CVAE(BaseVAEEstimator):
         """
         rows = self._conditioned_rows(X, conditions, "log_likelihood")
         return self._importance_weighted(rows, n_importance)
+
+    def impute(self, X, *, conditions=None, n_draws: int | None = 100) -> np.ndarray:
+        """Fill the missing (NaN) cells of X with their conditional mean given the observed
+        ones and the conditions, :math:`\\sum_k w_k \\mathbb{E}[x | z_k, c]` with
+        :math:`w_k \\propto p(x_{\\mathrm{obs}}|z_k, c)\\, p(z_k|c) / q(z_k|x_{\\mathrm{obs}}, c)`
+        (see :meth:`VAE.impute <nidl_vae.VAE.impute>`). Observed cells are returned unchanged.
+
+        Parameters
+        ----------
+        X : array-like or DataFrame of shape (n_samples, n_features), memory map or Dataset
+            Rows with NaN where a value is missing.
+        conditions : array-like of shape (n_samples,) or (n_samples, n_covariates)
+            Required: labels or covariates, one per row.
+        n_draws : int or None, default=100
+            Number K of posterior draws; None decodes the posterior mean alone.
+
+        Returns
+        -------
+        X_imputed : ndarray of X's shape (a DataFrame for a DataFrame input)
+            In X's float dtype.
+        """
+        return self._impute(X, self._conditioned_rows(X, conditions, "impute"), n_draws)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

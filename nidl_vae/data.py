@@ -65,15 +65,12 @@ def read_rows(X, index: np.ndarray | slice) -> np.ndarray:
     return rows if rows.dtype in (np.float32, np.float64) else rows.astype(np.float64)
 
 
-def check_finite(rows: np.ndarray, allow_nan: bool, name: str) -> np.ndarray:
-    """``rows``, or a ValueError if they hold infinite (or, unless ``allow_nan``, NaN) values."""
-    if not np.isfinite(rows).all():
-        bad = rows[~np.isfinite(rows)]
-        if np.isinf(bad).any() or not allow_nan:
-            what = "infinity" if np.isinf(bad).any() else "NaN"
-            raise ValueError(
-                f"Input X contains {what}; {name} needs finite values (impute or drop them first)."
-            )
+def check_finite(rows: np.ndarray, name: str) -> np.ndarray:
+    """``rows``, or a ValueError if they hold infinite values (NaN cells are missing values)."""
+    if np.isinf(rows).any():
+        raise ValueError(
+            f"Input X contains infinity; {name} needs finite values (NaN marks a missing one)."
+        )
     return rows
 
 
@@ -117,7 +114,8 @@ def moments(chunks: Iterator[np.ndarray], nan_aware: bool = False) -> Moments:
     ``nan_aware``, NaN cells are left out of each feature's statistics."""
     count = total_mean = m2 = lo = hi = None
     for chunk in chunks:
-        if nan_aware:
+        sums = chunk.sum(0, dtype=np.float64)
+        if nan_aware and np.isnan(sums).any():
             seen = ~np.isnan(chunk)
             n = seen.sum(0)
             mean = np.where(seen, chunk, 0).sum(0, dtype=np.float64) / np.maximum(n, 1)
@@ -126,7 +124,7 @@ def moments(chunks: Iterator[np.ndarray], nan_aware: bool = False) -> Moments:
             chunk_lo, chunk_hi = np.fmin.reduce(chunk, 0), np.fmax.reduce(chunk, 0)
         else:
             n = np.full(chunk.shape[1], len(chunk))
-            mean = chunk.sum(0, dtype=np.float64) / len(chunk)
+            mean = sums / len(chunk)
             dev = chunk - mean.astype(chunk.dtype)
             chunk_lo, chunk_hi = chunk.min(0), chunk.max(0)
         chunk_m2 = np.einsum("ij,ij->j", dev, dev, dtype=np.float64)
@@ -171,10 +169,8 @@ class Rows(Dataset):
     prepare : callable, optional
         Maps the raw rows (NumPy, X's float type) to a tuple of arrays.
     check : str, optional
-        Check each batch read for non-finite values, naming this estimator in the error: for
+        Check each batch read for infinite values, naming this estimator in the error: for
         streamed X at inference, whose values nothing else has checked.
-    allow_nan : bool, default=False
-        With ``check``, let NaN through (infinity is still an error).
     """
 
     def __init__(
@@ -184,21 +180,19 @@ class Rows(Dataset):
         indices: np.ndarray | None = None,
         prepare: Callable[[np.ndarray], tuple[np.ndarray, ...]] | None = None,
         check: str | None = None,
-        allow_nan: bool = False,
     ):
         self.X = X
         self.aligned = tuple(aligned)
         self.indices = indices
         self.prepare = prepare
         self.check = check
-        self.allow_nan = allow_nan
 
     def __len__(self) -> int:
         return n_rows(self.X) if self.indices is None else len(self.indices)
 
     def subset(self, indices: np.ndarray) -> "Rows":
         held = indices if self.indices is None else self.indices[indices]
-        return Rows(self.X, self.aligned, held, self.prepare, self.check, self.allow_nan)
+        return Rows(self.X, self.aligned, held, self.prepare, self.check)
 
     def __getitem__(self, index):
         return self.__getitems__([index])
@@ -213,7 +207,7 @@ class Rows(Dataset):
         """The tensors of the rows ``index`` of X (sorted indices or a slice)."""
         raw = read_rows(self.X, index)
         if self.check is not None:
-            check_finite(raw, self.allow_nan, self.check)
+            check_finite(raw, self.check)
         arrays = self.prepare(raw) if self.prepare is not None else (raw,)
         arrays = (*arrays, *(a[index] for a in self.aligned))
         return tuple(torch.from_numpy(_own_float32(a)) for a in arrays)

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .missing import missing_cells
+
 # every family; the VAE leaves out "categorical", which needs one-hot rows
 DECODER_DISTS = ("normal", "laplace", "bernoulli", "categorical")
 # A learned scale starts at, and may not fall below, these fractions of the features'
@@ -28,34 +30,52 @@ LEARNED_SCALE_FLOOR = 0.1
 _FEATURE_BLOCK = 8192
 
 
-def normal_log_prob(x: Tensor, loc: Tensor, scale: Tensor | float) -> Tensor:
-    """:math:`\\sum_j \\log N(x_j; \\mu_j, \\sigma_j^2)
-    = -\\sum_j [\\frac12\\log 2\\pi + \\log\\sigma_j + (x_j-\\mu_j)^2 / 2\\sigma_j^2]`."""
+def normal_log_prob(
+    x: Tensor, loc: Tensor, scale: Tensor | float, missing: Tensor | None = None
+) -> Tensor:
+    """:math:`\\sum_j m_j \\log N(x_j; \\mu_j, \\sigma_j^2)
+    = -\\sum_j m_j [\\frac12\\log 2\\pi + \\log\\sigma_j + (x_j-\\mu_j)^2 / 2\\sigma_j^2]`,
+    over the observed cells (``missing`` is the mask of NaN cells of x, or None)."""
     # the per-feature constants are summed once, not broadcast over the batch, and the squares
     # keep no full-size tensor for the backward pass: at 10^5 features every full-size
     # temporary costs as much memory as the batch itself
     scale = torch.as_tensor(scale, dtype=loc.dtype, device=loc.device)
-    constant = _log_scale_sum(scale, loc.shape[-1]) + HALF_LOG_2PI * loc.shape[-1]
-    return -_HalfSquaredResidual.apply(x, loc, 1.0 / scale) - constant
+    constant = _observed_sum(torch.log(scale) + HALF_LOG_2PI, missing, loc.shape[-1])
+    return -_HalfSquaredResidual.apply(x, loc, 1.0 / scale, missing) - constant
+
+
+def _observed_sum(per_feature: Tensor, missing: Tensor | None, n_features: int) -> Tensor:
+    """:math:`\\sum_j m_j c_j` for a per-feature (or one) constant c: a number without
+    missing cells, one per row with them."""
+    if missing is None:
+        return per_feature.sum(-1) if per_feature.dim() else per_feature * n_features
+    observed = (~missing).to(per_feature.dtype)
+    return observed @ per_feature.expand(n_features)
 
 
 class _HalfSquaredResidual(torch.autograd.Function):
-    """:math:`\\frac12 \\sum_j ((x_j - \\mu_j) / \\sigma_j)^2` over the last dimension.
+    """:math:`\\frac12 \\sum_j m_j ((x_j - \\mu_j) / \\sigma_j)^2` over the last dimension.
 
     Saves its inputs, not the residual: the backward pass recomputes it, so one full-size
-    temporary lives at a time instead of three kept from forward to backward.
+    temporary lives at a time instead of three kept from forward to backward. Missing cells
+    (NaN in x) contribute nothing, to the value or to any gradient.
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, loc: Tensor, inv_scale: Tensor) -> Tensor:
-        ctx.save_for_backward(x, loc, inv_scale)
+    def _residual(x: Tensor, loc: Tensor, inv_scale: Tensor, missing: Tensor | None) -> Tensor:
         r = torch.sub(x, loc).mul_(inv_scale)
+        return r if missing is None else r.masked_fill_(missing, 0.0)
+
+    @staticmethod
+    def forward(ctx, x: Tensor, loc: Tensor, inv_scale: Tensor, missing: Tensor | None) -> Tensor:
+        ctx.save_for_backward(x, loc, inv_scale, missing)
+        r = _HalfSquaredResidual._residual(x, loc, inv_scale, missing)
         return 0.5 * torch.linalg.vecdot(r, r)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        x, loc, inv_scale = ctx.saved_tensors
-        r = torch.sub(x, loc).mul_(inv_scale)
+        x, loc, inv_scale, missing = ctx.saved_tensors
+        r = _HalfSquaredResidual._residual(x, loc, inv_scale, missing)
         g = grad.unsqueeze(-1)
         grad_inv = None
         if ctx.needs_input_grad[2]:
@@ -68,7 +88,7 @@ class _HalfSquaredResidual(torch.autograd.Function):
         grad_loc = None
         if ctx.needs_input_grad[1]:  # in place unless grad_x still holds r
             grad_loc = _sum_to(-r if grad_x is not None else r.neg_(), loc.shape)
-        return grad_x, grad_loc, grad_inv
+        return grad_x, grad_loc, grad_inv, None
 
 
 def _sum_to(t: Tensor, shape: torch.Size) -> Tensor:
@@ -78,35 +98,43 @@ def _sum_to(t: Tensor, shape: torch.Size) -> Tensor:
     return t
 
 
-def laplace_log_prob(x: Tensor, loc: Tensor, scale: Tensor | float) -> Tensor:
-    """:math:`\\sum_j \\log \\mathrm{Laplace}(x_j; \\mu_j, b_j)
-    = -\\sum_j [\\log 2b_j + |x_j-\\mu_j| / b_j]`."""
+def laplace_log_prob(
+    x: Tensor, loc: Tensor, scale: Tensor | float, missing: Tensor | None = None
+) -> Tensor:
+    """:math:`\\sum_j m_j \\log \\mathrm{Laplace}(x_j; \\mu_j, b_j)
+    = -\\sum_j m_j [\\log 2b_j + |x_j-\\mu_j| / b_j]`."""
     scale = torch.as_tensor(scale, dtype=loc.dtype, device=loc.device)
-    return -((x - loc).abs() / scale).sum(-1) - (
-        _log_scale_sum(scale, loc.shape[-1]) + LOG_2 * loc.shape[-1]
-    )
+    deviation = (_zero_filled(x, missing) - loc).abs() / scale
+    constant = _observed_sum(torch.log(scale) + LOG_2, missing, loc.shape[-1])
+    return -_observed(deviation, missing).sum(-1) - constant
 
 
-def _log_scale_sum(scale: Tensor, n_features: int) -> Tensor:
-    r""":math:`\sum_j \log \sigma_j` for a per-feature or a single scale."""
-    return torch.log(scale).sum(-1) if scale.dim() else torch.log(scale) * n_features
-
-
-def bernoulli_log_prob(x: Tensor, logits: Tensor) -> Tensor:
-    """:math:`\\sum_j [x_j \\log \\sigma(l_j) + (1-x_j) \\log(1-\\sigma(l_j))]`, targets in [0, 1].
+def bernoulli_log_prob(x: Tensor, logits: Tensor, missing: Tensor | None = None) -> Tensor:
+    """:math:`\\sum_j m_j [x_j \\log \\sigma(l_j) + (1-x_j) \\log(1-\\sigma(l_j))]`, targets
+    in [0, 1].
 
     Computed from logits (never from probabilities) for numerical stability.
     """
     # unlike the other families, this torch function does not broadcast (x is (B, F) when the
     # logits are (K, B, F), K latent draws per row)
-    return -F.binary_cross_entropy_with_logits(logits, x.expand_as(logits), reduction="none").sum(
-        -1
-    )
+    target = _zero_filled(x, missing).expand_as(logits)
+    cells = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    return -_observed(cells, missing).sum(-1)
 
 
-def categorical_log_prob(x: Tensor, logits: Tensor) -> Tensor:
-    """:math:`\\sum_c x_c \\log \\mathrm{softmax}(l)_c` for one-hot (or probability) targets."""
-    return (x * torch.log_softmax(logits, dim=-1)).sum(-1)
+def categorical_log_prob(x: Tensor, logits: Tensor, missing: Tensor | None = None) -> Tensor:
+    """:math:`\\sum_c m_c x_c \\log \\mathrm{softmax}(l)_c` for one-hot (or probability)
+    targets."""
+    return (_zero_filled(x, missing) * torch.log_softmax(logits, dim=-1)).sum(-1)
+
+
+def _zero_filled(x: Tensor, missing: Tensor | None) -> Tensor:
+    # a NaN target would make the gradient NaN even where the cell's term is masked out
+    return x if missing is None else x.masked_fill(missing, 0.0)
+
+
+def _observed(cells: Tensor, missing: Tensor | None) -> Tensor:
+    return cells if missing is None else cells.masked_fill(missing, 0.0)
 
 
 def check_data_fits(low: float, high: float, dist: str, what: str = "X", where: str = "") -> None:
@@ -166,14 +194,16 @@ class DecoderLikelihood(nn.Module):
         return self.fixed_scale
 
     def log_prob(self, x: Tensor, out: Tensor) -> Tensor:
-        """Log-density of ``x`` given the decoder output, summed over features."""
+        """Log-density of ``x`` given the decoder output, summed over the observed features
+        (NaN cells of x are missing, see :mod:`~nidl_vae.missing`)."""
+        missing = missing_cells(x)
         if self.dist == "normal":
-            return normal_log_prob(x, out, self.scale())
+            return normal_log_prob(x, out, self.scale(), missing)
         if self.dist == "laplace":
-            return laplace_log_prob(x, out, self.scale())
+            return laplace_log_prob(x, out, self.scale(), missing)
         if self.dist == "bernoulli":
-            return bernoulli_log_prob(x, out)
-        return categorical_log_prob(x, out)
+            return bernoulli_log_prob(x, out, missing)
+        return categorical_log_prob(x, out, missing)
 
     def mean(self, out: Tensor) -> Tensor:
         """The mean of :math:`p(x|z)` given the decoder output."""
@@ -220,7 +250,7 @@ class LinearNormalReadout:
         self.gram = weight.new_zeros(width, width, dtype=torch.float64)
         for _, w, inv in self._blocks():
             self.gram += w.T @ (w * inv[:, None])
-        self.constant = float(_log_scale_sum(scale, p)) + HALF_LOG_2PI * p
+        self.constant = float(_observed_sum(torch.log(scale) + HALF_LOG_2PI, None, p))
 
     def _blocks(self):
         for start in range(0, self.weight.shape[0], _FEATURE_BLOCK):

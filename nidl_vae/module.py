@@ -119,6 +119,12 @@ class BaseVAEModule(pl.LightningModule, ABC):
         log-variance, the KL to the prior per row, a function mapping latent draws (k, B, D)
         to :math:`\\log p(x|z)` (k, B), and one mapping them to :math:`\\log p(z)` (k, B)."""
 
+    @abstractmethod
+    def weights_and_means(self, batch: tuple[Tensor, ...]) -> tuple[Tensor, Tensor, Callable]:
+        """What imputation needs: the posterior's mean and log-variance, and a function mapping
+        latent draws (k, B, D) to their log importance weights (k, B) and the decoded means
+        of every cell (k, B, p)."""
+
     # -- inference shared by every model ------------------------------------------------------
     def standard_normal(self, like: Tensor, shape: tuple[int, ...] | None = None) -> Tensor:
         """Standard normal noise from the module's own generator, on ``like``'s device."""
@@ -146,6 +152,32 @@ class BaseVAEModule(pl.LightningModule, ABC):
             return log_lik(z) + log_prior(z) - gaussian_log_density(z, mu, logvar)
 
         return logmeanexp_over_draws(log_weights, eps, per_chunk)
+
+    def impute_step(self, batch: tuple[Tensor, ...], eps: Tensor, per_chunk: int) -> Tensor:
+        """The conditional mean :math:`\\mathbb{E}[x | x_{\\mathrm{obs}}]` of every cell,
+        self-normalised importance sampling over the K shared noise draws ``eps``:
+
+        .. math:: \\sum_k w_k\\, \\mathbb{E}[x | z_k], \\quad
+            w_k \\propto \\frac{p(x_{\\mathrm{obs}}|z_k)\\, p(z_k)}{q(z_k|x_{\\mathrm{obs}})},
+            \\quad z_k \\sim q(z|x_{\\mathrm{obs}})
+        """
+        mu, logvar, terms = self.weights_and_means(batch)
+        top = weighted = total = None
+        for chunk in eps.split(per_chunk):
+            log_w, means = terms(self._draws(mu, logvar, chunk))
+            log_w, means = log_w.double(), means.double()
+            chunk_top = log_w.max(0).values
+            new_top = chunk_top if top is None else torch.maximum(top, chunk_top)
+            w = torch.exp(log_w - new_top)
+            part, mass = torch.einsum("kb,kbp->bp", w, means), w.sum(0)
+            if top is None:
+                weighted, total = part, mass
+            else:  # rescale what was summed under the previous maximum
+                shrink = torch.exp(top - new_top)
+                weighted = weighted * shrink[:, None] + part
+                total = total * shrink + mass
+            top = new_top
+        return weighted / total[:, None]
 
     # -- Lightning hooks --------------------------------------------------------------------
     def configure_optimizers(self):

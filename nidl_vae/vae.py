@@ -28,13 +28,14 @@ from .base import (
     fill_shared_docs,
     private_copy,
 )
-from .data import Rows
+from .data import Rows, n_rows
 from .distributions import (
     DecoderLikelihood,
     LinearNormalReadout,
     check_data_fits,
     output_for_mean,
 )
+from .missing import FilledInput, missing_cells
 from .module import BaseVAEModule
 from .networks import (
     GaussianEncoder,
@@ -81,6 +82,9 @@ class VAEModule(BaseVAEModule):
     encoder_reads_conditions : bool, default=False
         Whether the encoder's backbone reads ``[x, c]`` (the default MLP) or x alone (a user's
         module, e.g. a CNN); the heads always read c.
+    encoder_input : FilledInput, optional
+        What the encoder reads of rows with NaN cells (see :mod:`~nidl_vae.missing`); the
+        likelihood always leaves them out.
     """
 
     def __init__(
@@ -94,9 +98,11 @@ class VAEModule(BaseVAEModule):
         max_epochs: int,
         prior: GaussianEncoder | None = None,
         encoder_reads_conditions: bool = False,
+        encoder_input: FilledInput | None = None,
         seed: int = 0,
     ):
         super().__init__(("loss", "reconstruction", "kl"), lr, weight_decay, max_epochs, seed)
+        self.encoder_input = encoder_input
         self.encoder = encoder
         self.decoder = decoder
         self.likelihood = likelihood
@@ -106,6 +112,8 @@ class VAEModule(BaseVAEModule):
         self._readout_cache = None
 
     def encode(self, x: Tensor, c: Tensor | None) -> tuple[Tensor, Tensor]:
+        if self.encoder_input is not None:
+            x = self.encoder_input(x)
         if c is None:
             return self.encoder(x)
         return self.encoder(torch.cat([x, c], 1) if self.encoder_reads_conditions else x, c)
@@ -151,8 +159,10 @@ class VAEModule(BaseVAEModule):
         mu_p, logvar_p = self.prior_params(c)
 
         readout = self._readout()
-        if readout is not None:
+        if readout is not None and missing_cells(x) is None:
             readout = readout.rows(x.flatten(1))
+        else:  # each row's quadratic form would run over its own observed cells
+            readout = None
 
         def log_lik(z: Tensor) -> Tensor:
             flat_c = None if c is None else c.repeat(len(z), 1)
@@ -162,12 +172,25 @@ class VAEModule(BaseVAEModule):
             loc = self.decoder(inputs).flatten(1)
             return self.likelihood.log_prob(x.flatten(1), loc.unflatten(0, z.shape[:2]))
 
-        def log_prior(z: Tensor) -> Tensor:
-            if mu_p is None:
-                return standard_normal_log_density(z)
-            return gaussian_log_density(z, mu_p, logvar_p)
+        kl = gaussian_kl(mu, logvar, mu_p, logvar_p)
+        return mu, logvar, kl, log_lik, _log_density(mu_p, logvar_p)
 
-        return mu, logvar, gaussian_kl(mu, logvar, mu_p, logvar_p), log_lik, log_prior
+    def weights_and_means(self, batch: tuple[Tensor, ...]):
+        """The posterior's mean and log-variance, and the function mapping latent draws
+        (k, B, D) to their log importance weights (k, B) and decoded means (k, B, p)."""
+        x, c = _split(batch)
+        mu, logvar = self.encode(x, c)
+        log_prior = _log_density(*self.prior_params(c))
+
+        def terms(z: Tensor) -> tuple[Tensor, Tensor]:
+            flat_c = None if c is None else c.repeat(len(z), 1)
+            out = self.decoder(_with_conditions(z.flatten(0, 1), flat_c)).flatten(1)
+            out = out.unflatten(0, z.shape[:2])
+            log_lik = self.likelihood.log_prob(x.flatten(1), out)
+            log_w = log_lik + log_prior(z) - gaussian_log_density(z, mu, logvar)
+            return log_w, self.likelihood.mean(out)
+
+        return mu, logvar, terms
 
     def prior_step(self, batch: tuple[Tensor, ...]) -> tuple[Tensor, Tensor]:
         """Mean and log-variance of :math:`p(z|c)` for each row of conditions."""
@@ -184,8 +207,32 @@ def _with_conditions(z: Tensor, c: Tensor | None) -> Tensor:
     return z if c is None else torch.cat([z, c.expand(*z.shape[:-1], c.shape[-1])], -1)
 
 
+def _log_density(mu: Tensor | None, logvar: Tensor | None):
+    """The log-density of the prior: :math:`N(0, I)` when ``mu`` is None."""
+    if mu is None:
+        return standard_normal_log_density
+    return lambda z: gaussian_log_density(z, mu, logvar)
+
+
 def _split(batch: tuple[Tensor, ...]) -> tuple[Tensor, Tensor | None]:
     return batch[0], (batch[1] if len(batch) > 1 else None)
+
+
+def training_statistics(estimator, X) -> dict:
+    """What the VAE's (and CVAE's) module is built from: the data's unit and mean, and whether
+    it has missing cells; sets ``encoder_reads_mask_``. A ValueError for a feature missing in
+    every row, or values the likelihood cannot take."""
+    stats = estimator._scan(X)
+    empty = np.flatnonzero(stats.count == 0)
+    if len(empty):
+        raise ValueError(
+            f"Feature {empty[0]} (and {len(empty) - 1} others) is NaN in every training row: "
+            "there is nothing to learn of it. Drop it, or impute it first."
+        )
+    check_data_fits(stats.min.min(), stats.max.max(), estimator.decoder_dist)
+    missing = bool((stats.count < n_rows(X)).any())
+    estimator.encoder_reads_mask_ = missing and estimator.encoder is None
+    return {"unit": stats.scale(), "mean": stats.mean, "missing": missing}
 
 
 def build_vae_module(
@@ -200,15 +247,21 @@ def build_vae_module(
     images = X.dim() > 2
     hidden = check_layer_sizes(estimator.hidden_layer_sizes)
     channels = check_layer_sizes(estimator.conv_channels, "conv_channels")
+    mean = torch.as_tensor(stats["mean"], dtype=torch.float32).reshape(X.shape[1:])
+    # the default encoder reads the mask of missing cells beside the values (as extra
+    # features, or extra channels of an image) when the training data had NaN cells
+    with_mask = stats["missing"] and estimator.encoder is None
+    encoder_input = FilledInput(mean, with_mask)
+    seen = encoder_input(X)
     if estimator.encoder is None and images:
-        backbone = conv_encoder(X.shape[1:], channels, generator=generator)
-        out_dim = output_width(backbone, X, "default encoder")
+        backbone = conv_encoder(seen.shape[1:], channels, generator=generator)
+        out_dim = output_width(backbone, seen, "default encoder")
     elif estimator.encoder is None:
-        backbone = mlp(n_features + n_cond, hidden, generator=generator)
-        out_dim = output_width(backbone, torch.cat([X, C], 1), "default encoder")
+        backbone = mlp(seen.shape[1] + n_cond, hidden, generator=generator)
+        out_dim = output_width(backbone, torch.cat([seen, C], 1), "default encoder")
     else:
         backbone = private_copy(estimator.encoder)
-        out_dim = output_width(backbone, X, "encoder")
+        out_dim = output_width(backbone, seen, "encoder")
         if estimator.encoder_out_dim is not None and estimator.encoder_out_dim != out_dim:
             raise ValueError(
                 f"encoder_out_dim={estimator.encoder_out_dim}, but the encoder outputs "
@@ -218,7 +271,6 @@ def build_vae_module(
     # the decoder's output for the mean sample: where the offsets of the convolutional
     # decoder (learned through transposed convolutions, the mean image alone took more than
     # 100 epochs) and of the linear path start
-    mean = torch.as_tensor(stats["mean"], dtype=torch.float32).reshape(X.shape[1:])
     start = output_for_mean(estimator.decoder_dist, mean)
     if estimator.decoder is None and images:
         decoder = conv_decoder(X.shape[1:], channels, in_dim, generator=generator, start=start)
@@ -250,6 +302,7 @@ def build_vae_module(
         max_epochs=stats["max_epochs"],
         prior=prior,
         encoder_reads_conditions=bool(n_cond) and estimator.encoder is None and not images,
+        encoder_input=encoder_input,
         seed=seed,
     )
 
@@ -401,9 +454,7 @@ class VAE(BaseVAEEstimator):
 
     def _training_rows(self, X, y) -> tuple[Rows, dict]:
         X = self._validate_X(X, reset=True)
-        stats = self._scan(X)
-        check_data_fits(np.nanmin(stats.min), np.nanmax(stats.max), self.decoder_dist)
-        return Rows(X), {"unit": stats.scale(), "mean": stats.mean}
+        return Rows(X), training_statistics(self, X)
 
     def _build_module(self, rows, stats, generator, seed) -> VAEModule:
         return build_vae_module(self, rows, stats, generator, seed)

@@ -32,15 +32,9 @@ _CVAE_CHECKS_WITHOUT_Y = [
     "check_fit2d_predict1d",
 ]
 
-# A CRMVAE accepts NaN (allow_nan tag) only as whole missing modality blocks; this check puts
-# NaN in single cells, which is a partly missing block, refused by design with a ValueError
-# that names the row and the block.
-_PARTLY_NAN = "puts NaN in single cells; a CRMVAE takes NaN only as whole missing modalities"
-
 # estimator class name -> {check name: reason}
 EXPECTED_FAILED_CHECKS: dict[str, dict[str, str]] = {
     "CVAE": dict.fromkeys(_CVAE_CHECKS_WITHOUT_Y, _NEEDS_Y),
-    "CRMVAE": {"check_estimators_pickle": _PARTLY_NAN},
 }
 
 

@@ -216,7 +216,7 @@ def test_invalid_parameters_raise_before_training(small_X, params, match):
 @pytest.mark.parametrize(
     "X, match",
     [
-        (np.array([[0.0, np.nan], [1.0, 2.0]]), "NaN"),
+        (np.array([[0.0, np.nan], [1.0, np.nan]]), "NaN in every training row"),
         (np.array([[0.0, np.inf], [1.0, 2.0]]), "infinity"),
         (np.ones((1, 3)), "minimum of 2"),
     ],
