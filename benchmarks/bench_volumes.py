@@ -49,7 +49,9 @@ def quality(args, X, age, mask):
     )
     for name, data in (("VAE, MLP on masked voxels", masked), ("VAE, convolutional on volumes", X)):
         start = time.perf_counter()
-        vae = VAE(latent_dim=4, accelerator=args.device, random_state=0).fit(data)
+        vae = VAE(
+            latent_dim=4, weight_decay=args.weight_decay, accelerator=args.device, random_state=0
+        ).fit(data)
         seconds = time.perf_counter() - start
         print(
             f"  {name}: R^2 {r2(vae.transform(data)):.3f}, {n_parameters(vae):,} parameters, "
@@ -122,6 +124,9 @@ def main():
     parser.add_argument("--subjects", type=int, default=300)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument(
+        "--weight-decay", type=float, default=0.0, help="the VAEs' weight_decay (quality)"
+    )
     args = parser.parse_args()
     args.device = "gpu" if args.device == "cuda" else "cpu"
     torch.set_num_threads(1)

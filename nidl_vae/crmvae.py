@@ -120,10 +120,13 @@ class CRMVAEModule(BaseVAEModule):
         ]
         return torch.stack([mu for mu, _ in params]), torch.stack([lv for _, lv in params])
 
+    def _decoded(self, z: Tensor, m: int) -> Tensor:
+        """Modality m's decoder output for latents of shape (..., D): shape (..., width)."""
+        return self.decoders[m](z.reshape(-1, z.shape[-1])).reshape(*z.shape[:-1], -1)
+
     def modality_log_prob(self, x: Tensor, z: Tensor, m: int) -> Tensor:
         """:math:`\\log p(x_m|z)` for latents ``z`` of shape (..., B, D): shape (..., B)."""
-        out = self.decoders[m](z.reshape(-1, z.shape[-1])).reshape(*z.shape[:-1], -1)
-        return self.likelihoods[m].log_prob(self._block(x, m), out)
+        return self.likelihoods[m].log_prob(self._block(x, m), self._decoded(z, m))
 
     def loss_terms(self, batch: tuple[Tensor, ...]) -> Tensor:
         x, observed = batch
@@ -151,21 +154,43 @@ class CRMVAEModule(BaseVAEModule):
         x, observed = batch
         return product_of_experts(*self.experts(x), observed.T.bool())
 
-    def log_weight_terms(self, batch: tuple[Tensor, ...]):
-        r"""The observed modalities' joint: :math:`q_J` as posterior and proposal,
-        :math:`\sum_m \delta_m \log p(x_m|z)` and the :math:`N(0, I)` prior."""
+    def _observed_terms(self, batch: tuple[Tensor, ...]):
+        """:math:`q_J` of the observed modalities, and the function mapping latent draws to
+        :math:`\\sum_m \\delta_m \\log p(x_m|z)` and (``with_means``) every modality's mean."""
         x, observed = batch
         mu, logvar = self.encode_step(batch)
         observed = observed.T.bool()
 
-        def log_lik(z: Tensor) -> Tensor:
-            terms = [
-                torch.where(observed[m], self.modality_log_prob(x, z, m), 0.0)
-                for m in range(len(self.blocks))
-            ]
-            return torch.stack(terms).sum(0)
+        def terms(z: Tensor, with_means: bool) -> tuple[Tensor, Tensor | None]:
+            log_lik, means = 0.0, []
+            for m, likelihood in enumerate(self.likelihoods):
+                out = self._decoded(z, m)
+                term = likelihood.log_prob(self._block(x, m), out)
+                log_lik = log_lik + torch.where(observed[m], term, 0.0)
+                if with_means:
+                    means.append(likelihood.mean(out))
+            return log_lik, torch.cat(means, -1) if with_means else None
 
-        return mu, logvar, gaussian_kl(mu, logvar), log_lik, standard_normal_log_density
+        return mu, logvar, terms
+
+    def log_weight_terms(self, batch: tuple[Tensor, ...]):
+        r"""The observed modalities' joint: :math:`q_J` as posterior and proposal,
+        :math:`\sum_m \delta_m \log p(x_m|z)` and the :math:`N(0, I)` prior."""
+        mu, logvar, terms = self._observed_terms(batch)
+        kl = gaussian_kl(mu, logvar)
+        return mu, logvar, kl, lambda z: terms(z, False)[0], standard_normal_log_density
+
+    def weights_and_means(self, batch: tuple[Tensor, ...]):
+        """:math:`q_J` of the observed modalities, and the function mapping latent draws to
+        the log importance weights of the observed cells and every modality's decoded means."""
+        mu, logvar, terms = self._observed_terms(batch)
+
+        def weights(z: Tensor) -> tuple[Tensor, Tensor]:
+            log_lik, means = terms(z, True)
+            log_q = gaussian_log_density(z, mu, logvar)
+            return log_lik + standard_normal_log_density(z) - log_q, means
+
+        return mu, logvar, weights
 
     def decode_step(self, batch: tuple[Tensor, ...]) -> Tensor:
         """Every modality's decoded mean, side by side, for each latent row."""
@@ -175,19 +200,6 @@ class CRMVAEModule(BaseVAEModule):
             for decoder, likelihood in zip(self.decoders, self.likelihoods, strict=True)
         ]
         return torch.cat(means, 1)
-
-    def weights_and_means(self, batch: tuple[Tensor, ...]):
-        """:math:`q_J` of the observed modalities, and the function mapping latent draws to the
-        log importance weights of the observed cells and every modality's decoded means."""
-        mu, logvar, _, log_lik, _ = self.log_weight_terms(batch)
-
-        def terms(z: Tensor) -> tuple[Tensor, Tensor]:
-            log_q = gaussian_log_density(z, mu, logvar)
-            log_w = log_lik(z) + standard_normal_log_density(z) - log_q
-            means = self.decode_step((z.flatten(0, 1),)).unflatten(0, z.shape[:2])
-            return log_w, means
-
-        return mu, logvar, terms
 
 
 def _require_any(observed: np.ndarray, problem: str, fix: str) -> np.ndarray:

@@ -124,6 +124,7 @@ class CVAE(BaseVAEEstimator):
     <shared:linear_path>
     beta : float, default=1.0
         Weight of the KL term.
+    <shared:train_draws>
     decoder_dist : {'normal', 'laplace', 'bernoulli', 'categorical'}, default='normal'
         'bernoulli' and 'categorical' read the decoder output as logits; 'categorical' needs
         rows of X that are one-hot (or probabilities).
@@ -151,6 +152,7 @@ class CVAE(BaseVAEEstimator):
         "encoder_out_dim": [Interval(Integral, 1, None, closed="left"), None],
         "conv_channels": [tuple, list],
         "linear_path": ["boolean"],
+        "n_train_draws": [Interval(Integral, 1, None, closed="left")],
         "decoder_dist": [StrOptions(set(DECODER_DISTS))],
         "decoder_scale": BaseVAEEstimator._scale_constraint,
     }
@@ -167,6 +169,7 @@ class CVAE(BaseVAEEstimator):
         conv_channels: tuple[int, ...] = (8, 16, 32, 64),
         linear_path: bool = False,
         beta: float = 1.0,
+        n_train_draws: int = 1,
         decoder_dist: str = "normal",
         decoder_scale: float | str = "learned",
         stochastic_transform: bool = False,
@@ -193,6 +196,7 @@ class CVAE(BaseVAEEstimator):
         self.conv_channels = conv_channels
         self.linear_path = linear_path
         self.beta = beta
+        self.n_train_draws = n_train_draws
         self.decoder_dist = decoder_dist
         self.decoder_scale = decoder_scale
         self.stochastic_transform = stochastic_transform
@@ -481,7 +485,7 @@ class CVAE(BaseVAEEstimator):
         rows = self._conditioned_rows(X, conditions, "log_likelihood")
         return self._importance_weighted(rows, n_importance)
 
-    def impute(self, X, *, conditions=None, n_draws: int | None = 100) -> np.ndarray:
+    def impute(self, X, *, conditions=None, n_draws: int | None = 1000) -> np.ndarray:
         """Fill the missing (NaN) cells of X with their conditional mean given the observed
         ones and the conditions, :math:`\\sum_k w_k \\mathbb{E}[x | z_k, c]` with
         :math:`w_k \\propto p(x_{\\mathrm{obs}}|z_k, c)\\, p(z_k|c) / q(z_k|x_{\\mathrm{obs}}, c)`
@@ -493,7 +497,7 @@ class CVAE(BaseVAEEstimator):
             Rows with NaN where a value is missing.
         conditions : array-like of shape (n_samples,) or (n_samples, n_covariates)
             Required: labels or covariates, one per row.
-        n_draws : int or None, default=100
+        n_draws : int or None, default=1000
             Number K of posterior draws; None decodes the posterior mean alone.
 
         Returns

@@ -14,6 +14,7 @@ import warnings
 from contextlib import contextmanager
 
 import pytorch_lightning as pl
+import pytorch_lightning.trainer.trainer as _trainer_module
 from lightning_fabric.utilities.exceptions import MisconfigurationException
 from pytorch_lightning.callbacks import Callback, EarlyStopping
 
@@ -61,6 +62,42 @@ def _install_filter() -> None:
     for handler in logging.root.handlers:
         if _QUIET not in handler.filters:
             handler.addFilter(_QUIET)
+
+
+_IN_OUR_FIT = threading.local()
+
+
+def _isolate_rng_outside_our_fits(isolate_rng):
+    """Lightning's ``isolate_rng`` (saving the global generators' states around the sanity
+    check and restoring them after), skipped in threads running one of our fits: they draw
+    from no global generator, and the restore would rewind the draws other threads made in
+    between (a fit in a background thread then changed the main thread's random numbers)."""
+
+    @contextmanager
+    def isolated(*args, **kwargs):
+        if getattr(_IN_OUR_FIT, "active", False):
+            yield
+            return
+        with isolate_rng(*args, **kwargs):
+            yield
+
+    isolated.nidl_vae = True
+    return isolated
+
+
+if not getattr(_trainer_module.isolate_rng, "nidl_vae", False):
+    _trainer_module.isolate_rng = _isolate_rng_outside_our_fits(_trainer_module.isolate_rng)
+
+
+@contextmanager
+def global_generators_untouched():
+    """Mark this thread as running one of our fits (see ``_isolate_rng_outside_our_fits``)."""
+    before = getattr(_IN_OUR_FIT, "active", False)
+    _IN_OUR_FIT.active = True
+    try:
+        yield
+    finally:
+        _IN_OUR_FIT.active = before
 
 
 @contextmanager

@@ -14,6 +14,7 @@ trained by minimising, per sample, with one reparameterised draw
     + \\beta\\, KL(q_\\phi(z \\mid x) \\,\\|\\, N(0, I))
 """
 
+import math
 from numbers import Integral
 
 import numpy as np
@@ -85,6 +86,12 @@ class VAEModule(BaseVAEModule):
     encoder_input : FilledInput, optional
         What the encoder reads of rows with NaN cells (see :mod:`~nidl_vae.missing`); the
         likelihood always leaves them out.
+    n_train_draws : int, default=1
+        Number K of posterior draws per row in training; above 1 the loss is the
+        importance-weighted bound (IWAE, Burda et al. 2016; MIWAE with missing cells):
+
+        .. math:: -\\log \\frac1K \\sum_k p(x|z_k, c) \\left[\\frac{p(z_k|c)}{q(z_k|x, c)}
+            \\right]^\\beta, \\quad z_k \\sim q(z|x, c)
     """
 
     def __init__(
@@ -99,10 +106,12 @@ class VAEModule(BaseVAEModule):
         prior: GaussianEncoder | None = None,
         encoder_reads_conditions: bool = False,
         encoder_input: FilledInput | None = None,
+        n_train_draws: int = 1,
         seed: int = 0,
     ):
         super().__init__(("loss", "reconstruction", "kl"), lr, weight_decay, max_epochs, seed)
         self.encoder_input = encoder_input
+        self.n_train_draws = n_train_draws
         self.encoder = encoder
         self.decoder = decoder
         self.likelihood = likelihood
@@ -128,10 +137,26 @@ class VAEModule(BaseVAEModule):
     def loss_terms(self, batch: tuple[Tensor, ...]) -> Tensor:
         x, c = _split(batch)
         mu, logvar = self.encode(x, c)
+        mu_p, logvar_p = self.prior_params(c)
+        kl = gaussian_kl(mu, logvar, mu_p, logvar_p).mean()
+        if self.n_train_draws > 1:
+            return self._importance_weighted_loss(x, c, mu, logvar, mu_p, logvar_p, kl)
         z = reparameterize(mu, logvar, self.standard_normal(mu))
         reconstruction = -self.likelihood.log_prob(x.flatten(1), self.decode(z, c)).mean()
-        kl = gaussian_kl(mu, logvar, *self.prior_params(c)).mean()
         return torch.stack([reconstruction + self.beta * kl, reconstruction, kl])
+
+    def _importance_weighted_loss(self, x, c, mu, logvar, mu_p, logvar_p, kl) -> Tensor:
+        """The IWAE loss over K draws per row, with the mean reconstruction term over the
+        draws and the analytic KL beside it (for ``history_``)."""
+        eps = self.standard_normal(mu, (self.n_train_draws, *mu.shape))
+        z = reparameterize(mu, logvar, eps)
+        flat_c = None if c is None else c.repeat(len(z), 1)
+        out = self.decode(z.flatten(0, 1), flat_c).unflatten(0, z.shape[:2])
+        log_lik = self.likelihood.log_prob(x.flatten(1), out)
+        log_ratio = _log_density(mu_p, logvar_p)(z) - gaussian_log_density(z, mu, logvar)
+        log_w = log_lik + self.beta * log_ratio
+        bound = torch.logsumexp(log_w, 0) - math.log(self.n_train_draws)
+        return torch.stack([-bound.mean(), -log_lik.mean(), kl])
 
     def _readout(self) -> LinearNormalReadout | None:
         """The last layer's quadratic form when it applies, computed once per state of the
@@ -303,6 +328,7 @@ def build_vae_module(
         prior=prior,
         encoder_reads_conditions=bool(n_cond) and estimator.encoder is None and not images,
         encoder_input=encoder_input,
+        n_train_draws=estimator.n_train_draws,
         seed=seed,
     )
 
@@ -341,6 +367,7 @@ class VAE(BaseVAEEstimator):
     <shared:linear_path>
     beta : float, default=1.0
         Weight of the KL term (beta-VAE).
+    <shared:train_draws>
     decoder_dist : {'normal', 'laplace', 'bernoulli'}, default='normal'
         Family of :math:`p(x|z)`. 'bernoulli' reads the decoder output as logits and needs
         X in [0, 1].
@@ -376,6 +403,7 @@ class VAE(BaseVAEEstimator):
         "encoder_out_dim": [Interval(Integral, 1, None, closed="left"), None],
         "conv_channels": [tuple, list],
         "linear_path": ["boolean"],
+        "n_train_draws": [Interval(Integral, 1, None, closed="left")],
         "decoder_dist": [StrOptions({"normal", "laplace", "bernoulli"})],
         "decoder_scale": BaseVAEEstimator._scale_constraint,
     }
@@ -391,6 +419,7 @@ class VAE(BaseVAEEstimator):
         conv_channels: tuple[int, ...] = (8, 16, 32, 64),
         linear_path: bool = False,
         beta: float = 1.0,
+        n_train_draws: int = 1,
         decoder_dist: str = "normal",
         decoder_scale: float | str = "learned",
         stochastic_transform: bool = False,
@@ -416,6 +445,7 @@ class VAE(BaseVAEEstimator):
         self.conv_channels = conv_channels
         self.linear_path = linear_path
         self.beta = beta
+        self.n_train_draws = n_train_draws
         self.decoder_dist = decoder_dist
         self.decoder_scale = decoder_scale
         self.stochastic_transform = stochastic_transform

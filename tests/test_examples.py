@@ -34,4 +34,5 @@ def test_every_example_is_tested():
         "plot_crmvae",
         "plot_neuroimaging",
         "plot_harmonisation",
+        "plot_missing_values",
     }

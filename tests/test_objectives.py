@@ -154,26 +154,29 @@ def _numpy_vae_loss(x, W_mu, W_lv, W_dec, eps, scale, beta):
     return rec + beta * kl.mean(), rec, kl.mean()
 
 
-def test_vae_loss_equals_hand_computed_value():
+def _linear_vae_module(rng, beta: float, **options):
+    """A VAE module with linear encoder heads and decoder (no bias), its weights, and
+    rows x of 3 features."""
     from torch import nn
 
     from nidl_vae.networks import GaussianEncoder
     from nidl_vae.vae import VAEModule
 
-    rng = np.random.default_rng(0)
     x = rng.normal(size=(4, 3)).astype(np.float32)
-    W_mu, W_lv, W_dec = (
-        rng.normal(size=s).astype(np.float32) * 0.5 for s in [(2, 3), (2, 3), (3, 2)]
-    )
+    weights = [rng.normal(size=s).astype(np.float32) * 0.5 for s in [(2, 3), (2, 3), (3, 2)]]
     encoder = GaussianEncoder(nn.Identity(), 3, 2, generator=torch.Generator())
     decoder = nn.Linear(2, 3, bias=False)
     with torch.no_grad():
-        encoder.mu.weight.copy_(t(W_mu)), encoder.mu.bias.zero_()
-        encoder.logvar.weight.copy_(t(W_lv)), encoder.logvar.bias.zero_()
-        decoder.weight.copy_(t(W_dec))
-    module = VAEModule(
-        encoder, decoder, DecoderLikelihood("normal", 0.7, 3), 2.0, 1e-3, 0.0, 1, seed=5
-    )
+        encoder.mu.weight.copy_(t(weights[0])), encoder.mu.bias.zero_()
+        encoder.logvar.weight.copy_(t(weights[1])), encoder.logvar.bias.zero_()
+        decoder.weight.copy_(t(weights[2]))
+    likelihood = DecoderLikelihood("normal", 0.7, 3)
+    module = VAEModule(encoder, decoder, likelihood, beta, 1e-3, 0.0, 1, seed=5, **options)
+    return module, x, weights
+
+
+def test_vae_loss_equals_hand_computed_value():
+    module, x, (W_mu, W_lv, W_dec) = _linear_vae_module(np.random.default_rng(0), 2.0)
     # the module's noise comes from its own generator, seeded with its seed
     eps = torch.randn(4, 2, generator=torch.Generator().manual_seed(5)).numpy()
     state = torch.get_rng_state()
@@ -184,6 +187,30 @@ def test_vae_loss_equals_hand_computed_value():
     elbo = module.elbo_step((t(x[:1]),), t(eps[:1]), 1).item()
     loss1, _, _ = _numpy_vae_loss(x[:1], W_mu, W_lv, W_dec, eps[:1], 0.7, 1.0)
     assert elbo == pytest.approx(-loss1, rel=1e-5)
+
+
+def test_importance_weighted_loss_over_observed_cells_equals_hand_computed_value():
+    # MIWAE: K = 3 draws per row, beta = 0.5, two cells missing
+    module, x, (W_mu, W_lv, W_dec) = _linear_vae_module(
+        np.random.default_rng(1), 0.5, n_train_draws=3
+    )
+    x[0, 1] = x[2, 0] = np.nan
+    filled = np.nan_to_num(x)  # the module's encoder input: NaN at a fill of 0, no mask
+    from nidl_vae.missing import FilledInput
+
+    module.encoder_input = FilledInput(torch.zeros(3), with_mask=False)
+    eps = torch.randn(3, 4, 2, generator=torch.Generator().manual_seed(5)).numpy()
+    mu, logvar = filled @ W_mu.T, filled @ W_lv.T
+    z = mu + np.exp(0.5 * logvar) * eps
+    cells = -(0.5 * np.log(2 * np.pi) + np.log(0.7) + 0.5 * ((x - z @ W_dec.T) / 0.7) ** 2)
+    log_lik = np.where(np.isnan(x), 0.0, cells).sum(-1)  # (K, B)
+    log_p = -0.5 * (z**2 + np.log(2 * np.pi)).sum(-1)
+    log_q = -0.5 * (eps**2 + logvar + np.log(2 * np.pi)).sum(-1)
+    log_w = log_lik + 0.5 * (log_p - log_q)
+    bound = np.log(np.exp(log_w).mean(0))
+    kl = 0.5 * (np.exp(logvar) + mu**2 - 1 - logvar).sum(1)
+    terms = module.loss_terms((t(x),)).detach().numpy()
+    assert_allclose(terms, [-bound.mean(), -log_lik.mean(), kl.mean()], rtol=1e-5)
 
 
 @pytest.mark.parametrize(
@@ -200,6 +227,13 @@ def test_normal_log_prob_gradients_match_autograd_of_the_formula(loc_shape, scal
     formula = -(0.5 * math.log(2 * math.pi) + torch.log(scale) + 0.5 * ((x - loc) / scale) ** 2)
     assert_allclose(normal_log_prob(x, loc, scale).detach(), formula.sum(-1).detach())
     assert torch.autograd.gradcheck(normal_log_prob, (x, loc, scale))
+    # with missing cells, the gradients of the observed cells' terms alone
+    missing = torch.rand(4, 5, generator=g) < 0.3
+    observed = (~missing).double()
+    assert_allclose(
+        normal_log_prob(x, loc, scale, missing).detach(), (formula * observed).sum(-1).detach()
+    )
+    assert torch.autograd.gradcheck(lambda *a: normal_log_prob(*a, missing), (x, loc, scale))
 
 
 @pytest.mark.parametrize("per_feature", [True, False])
