@@ -6,7 +6,8 @@ test digit and each half, the half is blanked and imputed from the other. Printe
 direction: the squared error of the imputed half and how often a logistic regression trained
 on the real full training digits recognises the completed digit. CRMVAE rows: trained on full
 rows, or with 30% of the training rows missing one half (half of them each side); imputing
-with the default K = 1,000 posterior draws, or decoding the posterior mean (``n_draws=None``).
+with the default K = 1,000 posterior draws (averaged), or decoding the posterior mean
+(``n_draws=None``).
 
     python benchmarks/bench_crmvae_imputation.py [--seeds 0 1 2] [--vae-sized] [--scale-floor F]
 

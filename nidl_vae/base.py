@@ -130,6 +130,10 @@ SHARED_DOCS = {
         stopping.
     n_iter_ : int
         Epochs run.
+    encoder_reads_mask_ : bool, or dict of bool per modality for a CRMVAE
+        Whether the default encoder (a CRMVAE's default expert) reads the mask of missing
+        cells beside the values: the training data had NaN cells (in the rows that have the
+        modality).
     n_features_in_ : int
         Number of features seen in fit.
     feature_names_in_ : ndarray of str
@@ -747,9 +751,10 @@ class BaseVAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
             w_k \\propto \\frac{p(x_{\\mathrm{obs}}|z_k)\\, p(z_k)}{q(z_k|x_{\\mathrm{obs}})},
             \\quad z_k \\sim q(z|x_{\\mathrm{obs}})
 
-        (self-normalised importance sampling with K seeded draws, as MIWAE imputes; for a
-        CRMVAE, with the joint posterior of the modalities a row has, so a whole missing
-        modality is filled from the others). Observed cells are returned unchanged.
+        (self-normalised importance sampling with K seeded draws, as MIWAE imputes). A
+        CRMVAE averages :math:`\\mathbb{E}[x | z_k]` over draws of the joint posterior of the
+        modalities a row has, with equal weights (which measured better for it), so a whole
+        missing modality is filled from the others. Observed cells are returned unchanged.
 
         Parameters
         ----------

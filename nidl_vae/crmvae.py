@@ -46,7 +46,6 @@ from .module import BaseVAEModule
 from .networks import GaussianEncoder, mlp, output_width
 from .objectives import (
     gaussian_kl,
-    gaussian_log_density,
     product_of_experts,
     reparameterize,
     standard_normal_log_density,
@@ -120,13 +119,10 @@ class CRMVAEModule(BaseVAEModule):
         ]
         return torch.stack([mu for mu, _ in params]), torch.stack([lv for _, lv in params])
 
-    def _decoded(self, z: Tensor, m: int) -> Tensor:
-        """Modality m's decoder output for latents of shape (..., D): shape (..., width)."""
-        return self.decoders[m](z.reshape(-1, z.shape[-1])).reshape(*z.shape[:-1], -1)
-
     def modality_log_prob(self, x: Tensor, z: Tensor, m: int) -> Tensor:
         """:math:`\\log p(x_m|z)` for latents ``z`` of shape (..., B, D): shape (..., B)."""
-        return self.likelihoods[m].log_prob(self._block(x, m), self._decoded(z, m))
+        out = self.decoders[m](z.reshape(-1, z.shape[-1])).reshape(*z.shape[:-1], -1)
+        return self.likelihoods[m].log_prob(self._block(x, m), out)
 
     def loss_terms(self, batch: tuple[Tensor, ...]) -> Tensor:
         x, observed = batch
@@ -154,41 +150,35 @@ class CRMVAEModule(BaseVAEModule):
         x, observed = batch
         return product_of_experts(*self.experts(x), observed.T.bool())
 
-    def _observed_terms(self, batch: tuple[Tensor, ...]):
-        """:math:`q_J` of the observed modalities, and the function mapping latent draws to
-        :math:`\\sum_m \\delta_m \\log p(x_m|z)` and (``with_means``) every modality's mean."""
+    def log_weight_terms(self, batch: tuple[Tensor, ...]):
+        r"""The observed modalities' joint: :math:`q_J` as posterior and proposal,
+        :math:`\sum_m \delta_m \log p(x_m|z)` and the :math:`N(0, I)` prior."""
         x, observed = batch
         mu, logvar = self.encode_step(batch)
         observed = observed.T.bool()
 
-        def terms(z: Tensor, with_means: bool) -> tuple[Tensor, Tensor | None]:
-            log_lik, means = 0.0, []
-            for m, likelihood in enumerate(self.likelihoods):
-                out = self._decoded(z, m)
-                term = likelihood.log_prob(self._block(x, m), out)
-                log_lik = log_lik + torch.where(observed[m], term, 0.0)
-                if with_means:
-                    means.append(likelihood.mean(out))
-            return log_lik, torch.cat(means, -1) if with_means else None
+        def log_lik(z: Tensor) -> Tensor:
+            terms = [
+                torch.where(observed[m], self.modality_log_prob(x, z, m), 0.0)
+                for m in range(len(self.blocks))
+            ]
+            return torch.stack(terms).sum(0)
 
-        return mu, logvar, terms
-
-    def log_weight_terms(self, batch: tuple[Tensor, ...]):
-        r"""The observed modalities' joint: :math:`q_J` as posterior and proposal,
-        :math:`\sum_m \delta_m \log p(x_m|z)` and the :math:`N(0, I)` prior."""
-        mu, logvar, terms = self._observed_terms(batch)
-        kl = gaussian_kl(mu, logvar)
-        return mu, logvar, kl, lambda z: terms(z, False)[0], standard_normal_log_density
+        return mu, logvar, gaussian_kl(mu, logvar), log_lik, standard_normal_log_density
 
     def weights_and_means(self, batch: tuple[Tensor, ...]):
         """:math:`q_J` of the observed modalities, and the function mapping latent draws to
-        the log importance weights of the observed cells and every modality's decoded means."""
-        mu, logvar, terms = self._observed_terms(batch)
+        equal log weights and every modality's decoded means.
+
+        The CRMVAE imputes with the plain mean over draws of :math:`q_J`, as its paper does:
+        on digit halves, importance weights erred 2-7% more
+        (``benchmarks/bench_crmvae_imputation.py``), where for the VAE they err a quarter less.
+        """
+        mu, logvar = self.encode_step(batch)
 
         def weights(z: Tensor) -> tuple[Tensor, Tensor]:
-            log_lik, means = terms(z, True)
-            log_q = gaussian_log_density(z, mu, logvar)
-            return log_lik + standard_normal_log_density(z) - log_q, means
+            means = self.decode_step((z.flatten(0, 1),)).unflatten(0, z.shape[:2])
+            return z.new_zeros(z.shape[:2]), means
 
         return mu, logvar, weights
 
