@@ -63,13 +63,14 @@ for i, rate in enumerate((0.2, 0.5)):
     ax.bar(np.arange(3) + 0.4 * i, values, width=0.4, label=f"{rate:.0%} of the cells missing")
 ax.set_xticks(np.arange(3) + 0.2, names)
 ax.set_ylabel("mean squared error")
-ax.legend()
+ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, frameon=False)
 fig.tight_layout()
 
 # %%
-# Test digits with half of their pixels missing (grey: missing), and their imputations
-rows = ["holes", *names]
-fig, axes = plt.subplots(len(rows), 6, figsize=(6, 4.4))
+# Test digits, the same with half of their pixels missing (grey), and their imputations
+completed["original", 0.5] = X_test
+rows = ["original", "holes", *names]
+fig, axes = plt.subplots(len(rows), 6, figsize=(6, 5.4))
 for r, name in enumerate(rows):
     for c in range(6):
         image = completed[name, 0.5][c].reshape(8, 8)
