@@ -171,8 +171,8 @@ class CRMVAEModule(BaseVAEModule):
         equal log weights and every modality's decoded means.
 
         The CRMVAE imputes with the plain mean over draws of :math:`q_J`, as its paper does:
-        on digit halves, importance weights erred 2-7% more
-        (``benchmarks/bench_crmvae_imputation.py``), where for the VAE they err a quarter less.
+        on digit halves, importance weights erred 3-8% more (seeds 0-2,
+        ``benchmarks/bench_crmvae_imputation.py``), where for the VAE they err a quarter less.
         """
         mu, logvar = self.encode_step(batch)
 
