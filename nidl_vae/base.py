@@ -791,8 +791,9 @@ class BaseVAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
             else:
                 eps = self._standard_normal((n_draws, self.latent_dim), offset=5)
                 decoded = self._infer(self.module_.impute_step, subset, eps, draws=True)
-            decoded = self._to_numpy(decoded, imputed.dtype).reshape(imputed[holed].shape)
-            imputed[holed] = np.where(missing[holed], decoded, imputed[holed])
+            observed = imputed[holed]
+            decoded = self._to_numpy(decoded, imputed.dtype).reshape(observed.shape)
+            imputed[holed] = np.where(missing[holed], decoded, observed)
         if hasattr(X, "columns") and hasattr(X, "index"):
             import pandas as pd
 

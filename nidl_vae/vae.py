@@ -150,13 +150,22 @@ class VAEModule(BaseVAEModule):
         draws and the analytic KL beside it (for ``history_``)."""
         eps = self.standard_normal(mu, (self.n_train_draws, *mu.shape))
         z = reparameterize(mu, logvar, eps)
-        flat_c = None if c is None else c.repeat(len(z), 1)
-        out = self.decode(z.flatten(0, 1), flat_c).unflatten(0, z.shape[:2])
-        log_lik = self.likelihood.log_prob(x.flatten(1), out)
-        log_ratio = _log_density(mu_p, logvar_p)(z) - gaussian_log_density(z, mu, logvar)
-        log_w = log_lik + self.beta * log_ratio
+        log_w, log_lik, _ = self._weighted_draws(x, c, z, mu, logvar, mu_p, logvar_p, self.beta)
         bound = torch.logsumexp(log_w, 0) - math.log(self.n_train_draws)
         return torch.stack([-bound.mean(), -log_lik.mean(), kl])
+
+    def _draw_inputs(self, z: Tensor, c: Tensor | None) -> Tensor:
+        """The decoder's input rows for latent draws (k, B, D): each with its row's conditions."""
+        return _with_conditions(z.flatten(0, 1), None if c is None else c.repeat(len(z), 1))
+
+    def _weighted_draws(self, x, c, z, mu, logvar, mu_p, logvar_p, beta: float):
+        """For latent draws z (k, B, D): the log weights
+        :math:`\\log p(x|z, c) + \\beta [\\log p(z|c) - \\log q(z|x, c)]`, the log-likelihoods
+        (both (k, B)) and the decoder outputs (k, B, p)."""
+        out = self.decoder(self._draw_inputs(z, c)).flatten(1).unflatten(0, z.shape[:2])
+        log_lik = self.likelihood.log_prob(x.flatten(1), out)
+        log_ratio = _log_density(mu_p, logvar_p)(z) - gaussian_log_density(z, mu, logvar)
+        return log_lik + beta * log_ratio, log_lik, out
 
     def _readout(self) -> LinearNormalReadout | None:
         """The last layer's quadratic form when it applies, computed once per state of the
@@ -190,8 +199,7 @@ class VAEModule(BaseVAEModule):
             readout = None
 
         def log_lik(z: Tensor) -> Tensor:
-            flat_c = None if c is None else c.repeat(len(z), 1)
-            inputs = _with_conditions(z.flatten(0, 1), flat_c)
+            inputs = self._draw_inputs(z, c)
             if readout is not None:
                 return readout(self.decoder[:-1](inputs).unflatten(0, z.shape[:2]))
             loc = self.decoder(inputs).flatten(1)
@@ -205,14 +213,10 @@ class VAEModule(BaseVAEModule):
         (k, B, D) to their log importance weights (k, B) and decoded means (k, B, p)."""
         x, c = _split(batch)
         mu, logvar = self.encode(x, c)
-        log_prior = _log_density(*self.prior_params(c))
+        mu_p, logvar_p = self.prior_params(c)
 
         def terms(z: Tensor) -> tuple[Tensor, Tensor]:
-            flat_c = None if c is None else c.repeat(len(z), 1)
-            out = self.decoder(_with_conditions(z.flatten(0, 1), flat_c)).flatten(1)
-            out = out.unflatten(0, z.shape[:2])
-            log_lik = self.likelihood.log_prob(x.flatten(1), out)
-            log_w = log_lik + log_prior(z) - gaussian_log_density(z, mu, logvar)
+            log_w, _, out = self._weighted_draws(x, c, z, mu, logvar, mu_p, logvar_p, 1.0)
             return log_w, self.likelihood.mean(out)
 
         return mu, logvar, terms
