@@ -14,6 +14,7 @@ its speed against a plain PyTorch loop of the same convolutional model.
 Every timing runs on one CPU thread, or on the GPU with ``--device cuda``.
 
     python benchmarks/bench_volumes.py [--only quality speed] [--resolution 4] [--subjects 300]
+        [--weight-decay 0] [--seeds 0 1 2] [--networks mlp conv]
 """
 
 import argparse
@@ -47,16 +48,33 @@ def quality(args, X, age, mask):
     print(
         f"  PCA(4) on {masked.shape[1]:,} masked voxels: R^2 {r2(PCA(4).fit_transform(masked)):.3f}"
     )
-    for name, data in (("VAE, MLP on masked voxels", masked), ("VAE, convolutional on volumes", X)):
-        start = time.perf_counter()
-        vae = VAE(
-            latent_dim=4, weight_decay=args.weight_decay, accelerator=args.device, random_state=0
-        ).fit(data)
-        seconds = time.perf_counter() - start
-        print(
-            f"  {name}: R^2 {r2(vae.transform(data)):.3f}, {n_parameters(vae):,} parameters, "
-            f"{vae.n_iter_} epochs in {seconds:.0f} s"
-        )
+    networks = {
+        "mlp": ("VAE, MLP on masked voxels", masked),
+        "conv": ("VAE, convolutional on volumes", X),
+    }
+    for key in args.networks:
+        name, data = networks[key]
+        scores = []
+        for seed in args.seeds:
+            start = time.perf_counter()
+            vae = VAE(
+                latent_dim=4,
+                weight_decay=args.weight_decay,
+                accelerator=args.device,
+                random_state=seed,
+            ).fit(data)
+            seconds = time.perf_counter() - start
+            scores.append(r2(vae.transform(data)))
+            print(
+                f"  {name}, random_state={seed}: R^2 {scores[-1]:.3f}, "
+                f"{n_parameters(vae):,} parameters, {vae.n_iter_} epochs in {seconds:.0f} s",
+                flush=True,
+            )
+        if len(scores) > 1:
+            print(
+                f"  {name}: R^2 median {statistics.median(scores):.3f}, "
+                f"min {min(scores):.3f} over {len(scores)} seeds"
+            )
 
 
 class PlainConvVAE(nn.Module):
@@ -126,6 +144,16 @@ def main():
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument(
         "--weight-decay", type=float, default=0.0, help="the VAEs' weight_decay (quality)"
+    )
+    parser.add_argument(
+        "--seeds", type=int, nargs="+", default=[0], help="the VAEs' random_state (quality)"
+    )
+    parser.add_argument(
+        "--networks",
+        nargs="+",
+        choices=["mlp", "conv"],
+        default=["mlp", "conv"],
+        help="which VAEs to fit (quality)",
     )
     args = parser.parse_args()
     args.device = "gpu" if args.device == "cuda" else "cpu"

@@ -1,6 +1,15 @@
-"""Sphinx configuration: numpydoc API reference and a sphinx-gallery of examples/."""
+"""Sphinx configuration: numpydoc API reference, a sphinx-gallery of examples/, the PyData
+theme, and everything a page needs served from the built site (MathJax, cross-reference
+inventories), so that it renders on a machine without network."""
+
+import sys
+from pathlib import Path
 
 import nidl_vae
+
+DOCS = Path(__file__).parent
+sys.path.insert(0, str(DOCS))
+from _inventories import intersphinx_mapping as write_inventories  # noqa: E402
 
 project = "nidl_vae"
 copyright = "2026, the nidl_vae developers"
@@ -10,17 +19,30 @@ extensions = [
     "sphinx.ext.autodoc",
     "sphinx.ext.autosummary",
     "sphinx.ext.mathjax",
+    # copies MathJax into _static and points mathjax_path at it (no CDN)
+    "sphinx-mathjax-offline",
     "sphinx.ext.intersphinx",
+    "sphinx_copybutton",
     "numpydoc",
     "sphinx_gallery.gen_gallery",
 ]
 autosummary_generate = True
 numpydoc_show_class_members = False
 numpydoc_validation_checks: set = set()
-intersphinx_mapping: dict = {}  # no network at build time
+intersphinx_mapping = write_inventories(DOCS / "_build" / "inventories")
 exclude_patterns = ["_build", "auto_examples/*.ipynb", "auto_examples/*.py"]
-html_theme = "alabaster"
 templates_path = ["_templates"]
+
+html_theme = "pydata_sphinx_theme"
+html_title = f"nidl_vae {release}"
+html_theme_options = {
+    "navigation_with_keys": False,
+    "show_toc_level": 2,
+    "secondary_sidebar_items": ["page-toc"],
+}
+# prompts and output are not copied with the code
+copybutton_prompt_text = r">>> |\.\.\. |\$ "
+copybutton_prompt_is_regexp = True
 
 sphinx_gallery_conf = {
     "examples_dirs": "../examples",

@@ -142,6 +142,18 @@ class CVAE(BaseVAEEstimator):
     covariate_mean_, covariate_scale_ : ndarray
         Standardisation of 2-D covariates.
     <shared:attributes>
+
+    Examples
+    --------
+    >>> from sklearn.datasets import load_digits
+    >>> from nidl_vae import CVAE
+    >>> X, y = load_digits(return_X_y=True)
+    >>> cvae = CVAE(latent_dim=4, max_epochs=5, random_state=0).fit(X / 16, conditions=y)
+    >>> cvae.classes_
+    array([0, 1, 2, 3, 4, 5, 6, 7, 8, 9])
+    >>> sevens = cvae.sample(conditions=[7, 7, 7], random_state=0)  # one row per condition
+    >>> sevens.shape
+    (3, 64)
     """
 
     _parameter_constraints: dict = {

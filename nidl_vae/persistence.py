@@ -151,6 +151,20 @@ def load(path: str | os.PathLike, **networks: nn.Module):
     -------
     estimator : VAE, CVAE or CRMVAE
         Fitted, its module in eval mode on the CPU.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> import numpy as np
+    >>> from sklearn.datasets import load_digits
+    >>> from nidl_vae import VAE, load
+    >>> X = load_digits().data / 16
+    >>> vae = VAE(latent_dim=4, max_epochs=2, random_state=0).fit(X)
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     vae.save(f"{folder}/vae.npz")
+    ...     received = load(f"{folder}/vae.npz")
+    >>> bool(np.array_equal(received.transform(X), vae.transform(X)))
+    True
     """
     from . import CRMVAE, CVAE, VAE
 

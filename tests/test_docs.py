@@ -1,0 +1,87 @@
+"""The documentation builds with warnings as errors, every gallery example runs in it (in its
+fast mode: a few epochs) and draws, and the built pages need no network."""
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parents[1]
+EXAMPLES = sorted((ROOT / "examples").glob("plot_*.py"))
+
+
+def test_every_example_is_in_the_gallery():
+    assert {p.stem for p in EXAMPLES} >= {
+        "plot_quickstart",
+        "plot_model_selection",
+        "plot_cvae",
+        "plot_crmvae",
+        "plot_neuroimaging",
+        "plot_harmonisation",
+        "plot_missing_values",
+        "plot_volumes",
+        "plot_sharing",
+    }
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """A copy of docs/ and examples/ built as CI builds it; (source copy, html folder, log)."""
+    root = tmp_path_factory.mktemp("docs")
+    shutil.copytree(
+        ROOT / "docs",
+        root / "docs",
+        ignore=shutil.ignore_patterns("_build", "auto_examples", "generated", "sg_*"),
+    )
+    shutil.copytree(ROOT / "examples", root / "examples")
+    env = {**os.environ, "NIDL_VAE_FAST_EXAMPLES": "1", "MPLBACKEND": "Agg"}
+    html = root / "html"
+    command = [sys.executable, "-m", "sphinx", "-W", "--keep-going", "-q", "-b", "html"]
+    result = subprocess.run(
+        [*command, str(root / "docs"), str(html)], env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr[-6000:]
+    return root, html
+
+
+@pytest.mark.slow
+def test_every_example_runs_draws_and_writes_nothing_beside_it(built):
+    root, _ = built
+    images = root / "docs" / "auto_examples" / "images"
+    for script in EXAMPLES:
+        assert list(images.glob(f"sphx_glr_{script.stem}_0*.png")), f"{script.stem} drew nothing"
+    # sphinx-gallery runs each example in its own folder: nothing may appear there
+    assert sorted(p.name for p in (root / "examples").iterdir()) == sorted(
+        p.name for p in (ROOT / "examples").iterdir() if p.name != "__pycache__"
+    )
+
+
+@pytest.mark.slow
+def test_equations_render_from_the_site_itself(built):
+    _, html = built
+    assert (html / "_static" / "mathjax" / "tex-chtml.js").is_file()
+    for page in ("user_guide/vae.html", "user_guide/cvae.html", "api.html"):
+        text = (html / page).read_text()
+        assert "_static/mathjax/tex-chtml.js" in text, page
+        assert "cdn.jsdelivr" not in text and "cdnjs" not in text, page
+    # cross-references to other projects resolve offline, to their sites
+    sklearn_page = (html / "user_guide" / "sklearn.html").read_text()
+    assert "https://scikit-learn.org/stable/modules/generated/sklearn.pipeline.Pipeline" in (
+        sklearn_page
+    )
+
+
+@pytest.mark.slow
+def test_quickstart_says_what_it_learned_and_where_its_figures_are(built):
+    root, _ = built
+    output = (root / "docs" / "auto_examples" / "plot_quickstart.rst").read_text()
+    assert "digit accuracy from 2 VAE latents" in output
+    assert "digit accuracy from 2 PCA components" in output
+    folder = Path(tempfile.gettempdir()) / "nidl_vae_quickstart"
+    assert f"figures saved in {folder}" in output
+    for name in ("latent_map", "reconstructed_and_generated", "training_curve"):
+        assert (folder / f"{name}.png").is_file()
