@@ -14,7 +14,7 @@ its speed against a plain PyTorch loop of the same convolutional model.
 Every timing runs on one CPU thread, or on the GPU with ``--device cuda``.
 
     python benchmarks/bench_volumes.py [--only quality speed] [--resolution 4] [--subjects 300]
-        [--weight-decay 0] [--seeds 0 1 2] [--networks mlp conv]
+        [--weight-decay W] [--seeds 0 1 2] [--networks mlp conv]
 """
 
 import argparse
@@ -57,12 +57,9 @@ def quality(args, X, age, mask):
         scores = []
         for seed in args.seeds:
             start = time.perf_counter()
-            vae = VAE(
-                latent_dim=4,
-                weight_decay=args.weight_decay,
-                accelerator=args.device,
-                random_state=seed,
-            ).fit(data)
+            options = {} if args.weight_decay is None else {"weight_decay": args.weight_decay}
+            vae = VAE(latent_dim=4, accelerator=args.device, random_state=seed, **options)
+            vae.fit(data)
             seconds = time.perf_counter() - start
             scores.append(r2(vae.transform(data)))
             print(
@@ -143,7 +140,10 @@ def main():
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument(
-        "--weight-decay", type=float, default=0.0, help="the VAEs' weight_decay (quality)"
+        "--weight-decay",
+        type=float,
+        default=None,
+        help="the VAEs' weight_decay (quality; default: the estimator's)",
     )
     parser.add_argument(
         "--seeds", type=int, nargs="+", default=[0], help="the VAEs' random_state (quality)"

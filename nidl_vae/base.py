@@ -88,8 +88,6 @@ SHARED_DOCS = {
     "training": """stochastic_transform : bool, default=False
         If True, ``transform`` returns one draw from the posterior (seeded, the same at every
         call) instead of its mean.
-    weight_decay : float, default=0.0
-        Adam's L2 penalty.
     early_stopping : bool, default=False
         Hold out ``validation_fraction`` of the rows, stop when their loss has not improved for
         ``n_iter_no_change`` epochs, and keep the weights of the best epoch.

@@ -251,6 +251,8 @@ class CRMVAE(BaseVAEEstimator):
         :math:`r_m = \\max_k d_k / d_m` with :math:`d_m` the modality's width.
     lr : float, default=2e-3
         Adam's learning rate.
+    weight_decay : float, default=0.0
+        Adam's L2 penalty.
     batch_size : int, default=128
         Rows per training step.
     max_epochs : int or 'auto', default=200

@@ -132,6 +132,8 @@ class CVAE(BaseVAEEstimator):
         Scale of 'normal' and 'laplace', as for :class:`~nidl_vae.VAE`.
     lr : float, default=1e-3
         Adam's learning rate.
+    weight_decay : float, default=0.0
+        Adam's L2 penalty (the VAE's default is 1e-3; not measured for the CVAE yet).
     <shared:budget>
     <shared:training>
 
