@@ -13,8 +13,8 @@ components; decoding along the latent direction that predicts age draws the agei
 
 The VAE trains with its defaults. On few subjects with many voxels, its weight decay (Adam's
 L2 penalty, ``weight_decay=1e-3``) keeps the MLP's latents close to PCA's reading of age for
-most seeds, where without it they often read much less (see the training guide). The whole-volume example (convolutional networks,
-no masker) adds a CVAE normative model.
+most seeds, where without it they often read much less (see the training guide). The
+whole-volume example (convolutional networks, no masker) adds a CVAE normative model.
 
 Needs the ``[neuro]`` extra (nilearn, matplotlib).
 """

@@ -60,10 +60,12 @@ SHARED_DOCS = {
         stop before a side would fall below 2 voxels. The input is zero-padded to a multiple
         of :math:`2^L` per side for L layers (91 x 109 x 91 to 96 x 112 x 96) and the mirrored
         decoder of transposed convolutions crops its output back. On 300 brains built from
-        the MNI152 template (``benchmarks/bench_volumes.py``) the default's 4 latents read age
-        at R^2 0.931 (PCA 0.932) at 6 mm and 0.926 (PCA 0.929) at 4 mm, with 1/40 and 1/50 of
-        the parameters of the MLP on the masked voxels; (16, 32, 64, 128) costs about twice
-        the time per epoch.""",
+        the MNI152 template (``benchmarks/bench_volumes.py``) a VAE's 4 latents read age at
+        R^2 0.885-0.951 over three seeds at 6 mm (PCA 0.932; seed 0: 0.951, and 0.931 with
+        ``weight_decay=0``) and, measured with
+        ``weight_decay=0``, 0.926 (PCA 0.929) at 4 mm, with 1/40 and 1/50 of the parameters of
+        the MLP on the masked voxels; (16, 32, 64, 128) costs about twice the time per
+        epoch.""",
     "train_draws": """n_train_draws : int, default=1
         Number K of posterior draws per row in training. 1 trains on the ELBO; above 1, on the
         importance-weighted bound (IWAE; MIWAE for data with missing cells), tighter than the
@@ -81,9 +83,9 @@ SHARED_DOCS = {
         its output besides the hidden layers, :math:`f(z) = W_h h(z) + W_z z + b`, with
         :math:`W_z` started at zero and b at the data's mean. Measured with 4 latents
         (``benchmarks/bench_scale.py --only defaults``): on 300 brains built
-        from the MNI152 template at 6 mm (8,735 masked voxels) latents read age at R^2 0.946
-        with it and 0.677 without (PCA 0.932); on 500 synthetic volumes of 13,824 voxels
-        (``make_cohort``) 0.898 with it and 0.950 without (PCA 0.939). Try it when the
+        from the MNI152 template at 6 mm (8,735 masked voxels) latents read age at R^2 0.948
+        with it and 0.954 without (PCA 0.932); on 500 synthetic volumes of 13,824 voxels
+        (``make_cohort``) 0.898 with it and 0.957 without (PCA 0.939). Try it when the
         default's latents read less than PCA's on your data.""",
     "training": """stochastic_transform : bool, default=False
         If True, ``transform`` returns one draw from the posterior (seeded, the same at every
