@@ -192,6 +192,7 @@ def width(args):
             latent_dim=10,
             batch_size=128,
             max_epochs=epochs,
+            weight_decay=0.0,  # the plain loop's Adam: the same optimizer
             accelerator="cpu",
             random_state=0,
         ).fit(X)

@@ -156,6 +156,7 @@ def main():
             latent_dim=LATENT,
             batch_size=BATCH,
             max_epochs=EPOCHS,
+            weight_decay=0.0,  # the plain loop's Adam: the same optimizer
             accelerator=accelerator,
             random_state=0,
             **options,

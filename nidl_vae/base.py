@@ -62,10 +62,9 @@ SHARED_DOCS = {
         decoder of transposed convolutions crops its output back. On 300 brains built from
         the MNI152 template (``benchmarks/bench_volumes.py``) a VAE's 4 latents read age at
         R^2 0.885-0.951 over three seeds at 6 mm (PCA 0.932; seed 0: 0.951, and 0.931 with
-        ``weight_decay=0``) and, measured with
-        ``weight_decay=0``, 0.926 (PCA 0.929) at 4 mm, with 1/40 and 1/50 of the parameters of
-        the MLP on the masked voxels; (16, 32, 64, 128) costs about twice the time per
-        epoch.""",
+        ``weight_decay=0``) and 0.926 at 4 mm (PCA 0.929; measured with ``weight_decay=0``),
+        with 1/40 and 1/50 of the parameters of the MLP on the masked voxels;
+        (16, 32, 64, 128) costs about twice the time per epoch.""",
     "train_draws": """n_train_draws : int, default=1
         Number K of posterior draws per row in training. 1 trains on the ELBO; above 1, on the
         importance-weighted bound (IWAE; MIWAE for data with missing cells), tighter than the
