@@ -69,7 +69,7 @@ SHARED_DOCS = {
         Number K of posterior draws per row in training. 1 trains on the ELBO; above 1, on the
         importance-weighted bound (IWAE; MIWAE for data with missing cells), tighter than the
         ELBO and the better imputer (on digits with 20% or 50% of the cells missing, K = 20
-        lowers the imputation error by 15-18%; ``benchmarks/bench_missing.py``), for K times
+        lowers the imputation error by 15-21%; ``benchmarks/bench_missing.py``), for K times
         the decoder's work per step:
 
         .. math:: -\\log \\frac1K \\sum_{k=1}^K p(x|z_k)
@@ -761,7 +761,7 @@ class BaseVAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
             Rows with NaN where a value is missing (images may be given as images).
         n_draws : int or None, default=1000
             Number K of posterior draws (on digits with 20% or 50% of the cells missing,
-            1,000 draws err 7-9% less than 100, and 5,000 another 3-5% less;
+            1,000 draws err 7-8% less than 100, and 5,000 another 3-4% less;
             ``benchmarks/bench_missing.py``). The cost is K decoder passes per row with a
             missing cell (complete rows are returned as they are): lower it for very wide
             rows. None decodes the posterior mean alone (cheaper, not the conditional mean).
