@@ -52,12 +52,12 @@ def quality(args, X, age, mask):
         "mlp": ("VAE, MLP on masked voxels", masked),
         "conv": ("VAE, convolutional on volumes", X),
     }
+    options = {} if args.weight_decay is None else {"weight_decay": args.weight_decay}
     for key in args.networks:
         name, data = networks[key]
         scores = []
         for seed in args.seeds:
             start = time.perf_counter()
-            options = {} if args.weight_decay is None else {"weight_decay": args.weight_decay}
             vae = VAE(latent_dim=4, accelerator=args.device, random_state=seed, **options)
             vae.fit(data)
             seconds = time.perf_counter() - start
