@@ -40,7 +40,7 @@ from .base import (
     private_copy,
 )
 from .data import Rows, check_finite, iter_chunks, moments
-from .distributions import DECODER_DISTS, DecoderLikelihood, check_data_fits
+from .distributions import DECODER_DISTS, DecoderLikelihood, check_data_fits, output_for_mean
 from .missing import FilledInput
 from .module import BaseVAEModule
 from .networks import GaussianEncoder, mlp, output_width
@@ -575,7 +575,8 @@ class CRMVAE(BaseVAEEstimator):
             out_dim = output_width(backbone, block, f"encoder of modality {name!r}")
             experts.append(GaussianEncoder(backbone, out_dim, self.latent_dim, generator=generator))
             if self._decoders[name] is None:
-                decoder = mlp(self.latent_dim, hidden[::-1], width, generator=generator)
+                mean = output_for_mean(self._dists[name], fill)
+                decoder = mlp(self.latent_dim, hidden[::-1], width, generator=generator, start=mean)
             else:
                 decoder = private_copy(self._decoders[name])
             out = output_width(

@@ -46,14 +46,26 @@ def mlp(
     out_dim: int | None = None,
     *,
     generator: torch.Generator,
+    start: Tensor | None = None,
 ) -> nn.Sequential:
-    """Linear + ReLU layers of the given widths, then an optional linear output layer."""
+    """Linear + ReLU layers of the given widths, then an optional linear output layer whose
+    bias is shifted by ``start`` (a decoder's output for the data's mean).
+
+    A decoder that starts from the data's mean makes its first gradients as large as its later
+    ones. Started from zero on unscaled data (brain intensities near 0.5 that vary by 0.02),
+    its first gradients are a thousand times larger and fill Adam's running second moment,
+    which then shrinks every later step: the decoder stayed at the mean brain and ignored the
+    latents (``benchmarks/bench_volumes.py`` measures what it recovers).
+    """
     layers: list[nn.Module] = []
     for width in hidden_layer_sizes:
         layers += [linear(in_dim, width, generator), _relu()]
         in_dim = width
     if out_dim is not None:
         layers.append(linear(in_dim, out_dim, generator))
+        if start is not None:
+            with torch.no_grad():
+                layers[-1].bias.add_(start.flatten())
     return nn.Sequential(*layers)
 
 
@@ -84,14 +96,14 @@ def mlp_with_linear_path(
     one linear layer reading :math:`[h(z), z]`, so the output stays linear in what it reads.
     """
     if not hidden_layer_sizes:
-        return mlp(in_dim, (), out_dim, generator=generator)
+        return mlp(in_dim, (), out_dim, generator=generator, start=start)
     body = mlp(in_dim, hidden_layer_sizes, generator=generator)
-    last = linear(hidden_layer_sizes[-1], out_dim, generator)
+    last = mlp(hidden_layer_sizes[-1], (), out_dim, generator=generator, start=start)[0]
     combined = nn.utils.skip_init(nn.Linear, hidden_layer_sizes[-1] + in_dim, out_dim)
     with torch.no_grad():
         combined.weight.zero_()
         combined.weight[:, : hidden_layer_sizes[-1]] = last.weight
-        combined.bias.copy_(last.bias + start.flatten())
+        combined.bias.copy_(last.bias)
     return nn.Sequential(WithInput(body), combined)
 
 

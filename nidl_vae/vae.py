@@ -297,9 +297,8 @@ def build_vae_module(
                 f"{out_dim} values per row: set encoder_out_dim={out_dim} or leave it None."
             )
     in_dim = estimator.latent_dim + n_cond
-    # the decoder's output for the mean sample: where the offsets of the convolutional
-    # decoder (learned through transposed convolutions, the mean image alone took more than
-    # 100 epochs) and of the linear path start
+    # the decoder's output for the mean sample, where every default decoder starts (see
+    # networks.mlp; through transposed convolutions the mean image alone took 100 epochs)
     start = output_for_mean(estimator.decoder_dist, mean)
     if estimator.decoder is None and images:
         decoder = conv_decoder(X.shape[1:], channels, in_dim, generator=generator, start=start)
@@ -308,7 +307,7 @@ def build_vae_module(
             in_dim, hidden[::-1], n_features, start=start, generator=generator
         )
     elif estimator.decoder is None:
-        decoder = mlp(in_dim, hidden[::-1], n_features, generator=generator)
+        decoder = mlp(in_dim, hidden[::-1], n_features, generator=generator, start=start)
     else:
         decoder = private_copy(estimator.decoder)
         width = output_width(decoder, torch.zeros(2, in_dim), "decoder")
