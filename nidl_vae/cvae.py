@@ -133,7 +133,7 @@ class CVAE(BaseVAEEstimator):
     lr : float, default=1e-3
         Adam's learning rate.
     weight_decay : float, default=0.0
-        Adam's L2 penalty (the VAE's default is 1e-3; not measured for the CVAE yet).
+        Adam's L2 penalty on every weight.
     <shared:budget>
     <shared:training>
 

@@ -382,12 +382,10 @@ class VAE(BaseVAEEstimator):
         latents carry nothing.
     lr : float, default=1e-3
         Adam's learning rate.
-    weight_decay : float, default=1e-3
-        Adam's L2 penalty on every weight. On few subjects with many voxels, how well the
-        MLP's latents read an effect depends on the seed; the penalty narrows that: on 300
-        brains of 8,735 masked voxels, the default reads age from 4 latents at R^2
-        0.854-0.954 over five seeds (PCA 0.932), where no penalty gave 0.526-0.950. Set 0 for
-        no penalty.
+    weight_decay : float, default=0.0
+        Adam's L2 penalty on every weight. With the default decoder started at the data's
+        mean it changes how well the latents read an effect by less than the seed does (on
+        300 masked brains, ``benchmarks/bench_volumes.py --weight-decay``).
     <shared:budget>
     <shared:training>
 
@@ -433,7 +431,7 @@ class VAE(BaseVAEEstimator):
         decoder_scale: float | str = "learned",
         stochastic_transform: bool = False,
         lr: float = 1e-3,
-        weight_decay: float = 1e-3,
+        weight_decay: float = 0.0,
         batch_size: int | str = "auto",
         max_epochs: int | str = "auto",
         early_stopping: bool = False,
