@@ -61,9 +61,9 @@ SHARED_DOCS = {
         of :math:`2^L` per side for L layers (91 x 109 x 91 to 96 x 112 x 96) and the mirrored
         decoder of transposed convolutions crops its output back. On 300 brains built from
         the MNI152 template (``benchmarks/bench_volumes.py``) a VAE's 4 latents read age at
-        R^2 0.885-0.951 over three seeds at 6 mm (PCA 0.932; seed 0: 0.951, and 0.931 with
-        ``weight_decay=0``) and 0.926 at 4 mm (PCA 0.929; measured with ``weight_decay=0``),
-        with 1/40 and 1/50 of the parameters of the MLP on the masked voxels;
+        R^2 0.886-0.931 over three seeds at 6 mm (PCA 0.932, the MLP on the masked voxels
+        0.942-0.950) and 0.926 at 4 mm (PCA 0.929, seed 0), with 1/40 and 1/50 of the MLP's
+        parameters;
         (16, 32, 64, 128) costs about twice the time per epoch.""",
     "train_draws": """n_train_draws : int, default=1
         Number K of posterior draws per row in training. 1 trains on the ELBO; above 1, on the
