@@ -12,7 +12,7 @@ regions, smooth subject variation and noise. Forty more subjects carry a lesion.
 
 1. ``VAE().fit(volumes)``: 4 latents per subject read age as well as 4 principal components,
    with about 100,000 parameters (the MLP on the masked voxels has 4.5 million); decoding the
-   mean subject moved along the latent direction that predicts age draws the ageing effect.
+   mean latent of 30- and of 70-year-olds draws the ageing effect.
 2. ``CVAE().fit(volumes, conditions=age)`` is a normative model of whole volumes (1-D ages
    are one covariate): a subject's ``score_samples`` (the ELBO of its volume given its age)
    is low where the volume departs from the norm of its age, which flags the lesions.
@@ -68,11 +68,10 @@ n_parameters = sum(p.numel() for p in vae.module_.parameters())
 print(f"R^2 of age from 4 latents {r2:.3f}, from PCA(4) {r2_pca:.3f}; {n_parameters:,} parameters")
 
 # %%
-# What ageing looks like to the model: the mean latent moved along the direction that predicts
-# age, from 30 to 70 years, decoded; the difference of the two volumes beside the planted one
-age_model = LinearRegression().fit(Z, age)
-direction = age_model.coef_ / np.sum(age_model.coef_**2)  # latent change per year
-young, old = Z.mean(0) + np.outer([30 - age.mean(), 70 - age.mean()], direction)
+# What ageing looks like to the model: the mean latent of 30- and of 70-year-olds (the least
+# squares fit of the latents on age) decoded; the difference of the two volumes beside the
+# planted one
+young, old = LinearRegression().fit(age[:, None], Z).predict([[30.0], [70.0]])
 decoded = vae.inverse_transform(np.stack([young, old]))  # two volumes (1, D, H, W)
 change = (decoded[1, 0] - decoded[0, 0]) * mask
 # the planted change, with the template recovered from the cohort's mean (as in the masker
