@@ -69,7 +69,7 @@ SHARED_DOCS = {
         Number K of posterior draws per row in training. 1 trains on the ELBO; above 1, on the
         importance-weighted bound (IWAE; MIWAE for data with missing cells), tighter than the
         ELBO and the better imputer (on digits with 20% or 50% of the cells missing, K = 20
-        lowers the imputation error by 15-21%; ``benchmarks/bench_missing.py``), for K times
+        lowers the imputation error by 14-16%; ``benchmarks/bench_missing.py``), for K times
         the decoder's work per step:
 
         .. math:: -\\log \\frac1K \\sum_{k=1}^K p(x|z_k)

@@ -51,11 +51,10 @@ def mlp(
     """Linear + ReLU layers of the given widths, then an optional linear output layer whose
     bias is shifted by ``start`` (a decoder's output for the data's mean).
 
-    A decoder that starts from the data's mean makes its first gradients as large as its later
-    ones. Started from zero on unscaled data (brain intensities near 0.5 that vary by 0.02),
-    its first gradients are a thousand times larger and fill Adam's running second moment,
-    which then shrinks every later step: the decoder stayed at the mean brain and ignored the
-    latents (``benchmarks/bench_volumes.py`` measures what it recovers).
+    Started from zero on unscaled data (brain intensities near 0.5 that vary by 0.02), a
+    decoder's first gradients are orders of magnitude larger than its later ones and fill
+    Adam's running second moment, which then shrinks every later step: the decoder stayed at
+    the mean brain (``benchmarks/bench_volumes.py`` measures what it draws).
     """
     layers: list[nn.Module] = []
     for width in hidden_layer_sizes:
