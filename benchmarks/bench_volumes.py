@@ -32,7 +32,7 @@ from sklearn.model_selection import cross_val_score
 from torch import nn
 
 from nidl_vae import VAE
-from nidl_vae.datasets import make_mni_cohort
+from nidl_vae.datasets import make_mni_cohort, planted_ageing
 from nidl_vae.networks import conv_decoder, conv_encoder
 
 
@@ -47,9 +47,7 @@ def decoded_ageing(vae: VAE, X, Z, age, mask, ageing) -> tuple[float, float]:
     decoded = vae.inverse_transform(path)
     change = decoded[1] - decoded[0]  # masked voxels, or a volume (1, D, H, W)
     change = change[0][mask] if change.ndim > 1 else change
-    # the template, from the cohort's mean: b (1 - 0.5 r mean(a)), a = (age - 20) / 60
-    brain = X[:, 0].mean(0)[mask] / (1 - 0.5 * ageing[mask] * np.mean((age - 20) / 60))
-    planted = -0.5 * ageing[mask] * brain * 40 / 60
+    planted = planted_ageing(X, age, ageing)[mask]
     return np.corrcoef(change, planted)[0, 1], change.min() / planted.min()
 
 

@@ -32,7 +32,7 @@ from sklearn.model_selection import cross_val_score
 from sklearn.pipeline import make_pipeline
 
 from nidl_vae import VAE
-from nidl_vae.datasets import make_mni_cohort
+from nidl_vae.datasets import make_mni_cohort, planted_ageing
 
 FAST = bool(os.environ.get("NIDL_VAE_FAST_EXAMPLES"))
 EPOCHS = 3 if FAST else "auto"
@@ -67,10 +67,8 @@ print(
 # effect (tissue loss around two medial temporal regions), on one colour scale.
 young, old = LinearRegression().fit(age[:, None], Z).predict([[30.0], [70.0]])
 decoded = vae.inverse_transform(np.stack([young, old]))
-# the planted intensity change from 30 to 70 years, -0.5 r b (40 / 60), with the template b
-# recovered from the cohort's mean b (1 - 0.5 r mean(a)), a = (age - 20) / 60
-brain = volumes[:, 0].mean(0) / (1 - 0.5 * ageing * np.mean((age - 20) / 60))
-planted_map = -0.5 * ageing * brain * 40 / 60
+# the planted intensity change from 30 to 70 years
+planted_map = planted_ageing(volumes, age, ageing, ages=(30, 70))
 planted = np.ravel(masker.transform(nib.Nifti1Image(planted_map, affine)))
 match = np.corrcoef(decoded[1] - decoded[0], planted)[0, 1]
 print(f"correlation of the decoded ageing map with the planted one: {match:.2f}")

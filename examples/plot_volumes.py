@@ -32,7 +32,7 @@ from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import cross_val_score
 
 from nidl_vae import CVAE, VAE
-from nidl_vae.datasets import make_mni_cohort
+from nidl_vae.datasets import make_mni_cohort, planted_ageing
 
 FAST = bool(os.environ.get("NIDL_VAE_FAST_EXAMPLES"))
 EPOCHS = 3 if FAST else "auto"
@@ -74,10 +74,7 @@ print(f"R^2 of age from 4 latents {r2:.3f}, from PCA(4) {r2_pca:.3f}; {n_paramet
 young, old = LinearRegression().fit(age[:, None], Z).predict([[30.0], [70.0]])
 decoded = vae.inverse_transform(np.stack([young, old]))  # two volumes (1, D, H, W)
 change = (decoded[1, 0] - decoded[0, 0]) * mask
-# the planted change, with the template recovered from the cohort's mean (as in the masker
-# example)
-brain = X[:, 0].mean(0) / (1 - 0.5 * ageing * np.mean((age - 20) / 60))
-planted = -0.5 * ageing * brain * 40 / 60 * mask
+planted = planted_ageing(X, age, ageing, ages=(30, 70)) * mask
 print(
     f"correlation of the decoded ageing map with the planted one: "
     f"{np.corrcoef(change[mask], planted[mask])[0, 1]:.2f}; largest decoded change "

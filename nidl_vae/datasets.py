@@ -167,3 +167,33 @@ def make_mni_cohort(
         volume = brain * (1 - 0.5 * ageing * (age[s] - 20) / 60 + smooth)
         X[s, 0] = volume + rng.normal(0, noise, brain.shape)
     return X, age, mask.get_fdata() > 0, affine, ageing
+
+
+def planted_ageing(
+    volumes: np.ndarray, age: np.ndarray, ageing: np.ndarray, ages: tuple[float, float] = (30, 70)
+) -> np.ndarray:
+    """The intensity change that :func:`make_mni_cohort` planted between two ages, to compare
+    with what a model learned.
+
+    The change is :math:`-0.5\\, r\\, b\\, (a_2 - a_1) / 60`; the template b is recovered from
+    the cohort's mean volume, :math:`b (1 - 0.5\\, r\\, \\bar a)` with
+    :math:`a = (\\mathrm{age} - 20) / 60` (the subject variation averages out).
+
+    Parameters
+    ----------
+    volumes : ndarray of shape (n_subjects, 1, D, H, W)
+        The cohort's volumes.
+    age : ndarray of shape (n_subjects,)
+        Their ages.
+    ageing : ndarray of shape (D, H, W)
+        The planted effect r, as :func:`make_mni_cohort` returns it.
+    ages : tuple of 2 float, default=(30, 70)
+        The two ages, in years.
+
+    Returns
+    -------
+    change : ndarray of shape (D, H, W)
+        The planted intensity at the second age minus that at the first.
+    """
+    brain = volumes[:, 0].mean(0) / (1 - 0.5 * ageing * np.mean((age - 20) / 60))
+    return -0.5 * ageing * brain * (ages[1] - ages[0]) / 60

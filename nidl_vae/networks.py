@@ -97,12 +97,12 @@ def mlp_with_linear_path(
     if not hidden_layer_sizes:
         return mlp(in_dim, (), out_dim, generator=generator, start=start)
     body = mlp(in_dim, hidden_layer_sizes, generator=generator)
-    last = mlp(hidden_layer_sizes[-1], (), out_dim, generator=generator, start=start)[0]
+    last = linear(hidden_layer_sizes[-1], out_dim, generator)
     combined = nn.utils.skip_init(nn.Linear, hidden_layer_sizes[-1] + in_dim, out_dim)
     with torch.no_grad():
         combined.weight.zero_()
         combined.weight[:, : hidden_layer_sizes[-1]] = last.weight
-        combined.bias.copy_(last.bias)
+        combined.bias.copy_(last.bias + start.flatten())
     return nn.Sequential(WithInput(body), combined)
 
 
