@@ -230,31 +230,44 @@ def width(args):
 
 
 def per_sample_log_likelihood(vae: VAE, X: np.ndarray, K: int, batch_size_K: int = 100):
-    """MultiVae's estimate, written the same way: one row at a time, its K posterior draws
-    decoded ``batch_size_K`` at a time, densities from ``torch.distributions``, through the
-    fitted weights in MultiVae's layers (ReLUs not in place)."""
+    """MultiVae's estimate (``compute_joint_nll``), written the same way: one row at a time,
+    its K posterior draws decoded ``batch_size_K`` at a time by a decoder that returns a dict,
+    the row stacked once per draw as the target, densities from ``torch.distributions``, a
+    logsumexp per chunk and one over the chunks; through the fitted weights (ReLUs not in
+    place, as in MultiVae's layers)."""
     module = vae.module_
-    decoder = copy.deepcopy(module.decoder)
-    for layer in decoder.modules():
+    layers = copy.deepcopy(module.decoder)
+    for layer in layers.modules():
         if isinstance(layer, nn.ReLU):
             layer.inplace = False
     dist = torch.distributions
+    scale = module.likelihood.scale()
+
+    def decoder(z):
+        return {"reconstruction": layers(z)}
+
+    def recon_log_prob(recon, target):
+        return dist.Normal(recon, scale).log_prob(target)
+
     out = []
     with torch.no_grad():
         data = torch.from_numpy(X.astype(np.float32))
         mu, logvar = module.encode_step((data,))
         z_all = dist.Normal(mu, torch.exp(0.5 * logvar)).rsample([K]).permute(1, 0, 2)
-        scale = module.likelihood.scale()
-        for i, row in enumerate(data):
-            log_w = []
-            for start in range(0, K, batch_size_K):
-                z = z_all[i, start : start + batch_size_K]
-                loc = decoder(z)
-                log_px = dist.Normal(loc, scale).log_prob(row).sum(-1)
-                log_pz = dist.Normal(0, 1).log_prob(z).sum(-1)
+        for i in range(len(data)):
+            start, stop = 0, min(batch_size_K, K)
+            log_chunks = []
+            while start < stop:
+                z = z_all[i][start:stop]
+                recon = decoder(z)["reconstruction"]
+                target = torch.stack([data[i]] * len(recon))
+                log_px = recon_log_prob(recon, target).reshape(recon.size(0), -1).sum(-1)
+                log_pz = dist.Normal(0, 1).log_prob(z).sum(dim=-1)
                 log_qz = dist.Normal(mu[i], torch.exp(0.5 * logvar[i])).log_prob(z).sum(-1)
-                log_w.append(log_px + log_pz - log_qz)
-            out.append(torch.logsumexp(torch.cat(log_w), 0) - math.log(K))
+                log_chunks.append(torch.logsumexp(log_px + log_pz - log_qz, dim=0))
+                start += batch_size_K
+                stop = min(stop + batch_size_K, K)
+            out.append(torch.logsumexp(torch.Tensor(log_chunks), dim=0) - math.log(K))
     return torch.stack(out).numpy()
 
 

@@ -41,7 +41,11 @@ def normal_log_prob(
     # temporary costs as much memory as the batch itself
     scale = torch.as_tensor(scale, dtype=loc.dtype, device=loc.device)
     constant = _observed_sum(torch.log(scale) + HALF_LOG_2PI, missing, loc.shape[-1])
-    return -_HalfSquaredResidual.apply(x, loc, 1.0 / scale, missing) - constant
+    if torch.is_grad_enabled():
+        return -_HalfSquaredResidual.apply(x, loc, 1.0 / scale, missing) - constant
+    # inference: no backward pass, so no autograd Function (its call costs as much as the
+    # arithmetic on digits' 64 features, thousands of times per log_likelihood)
+    return -_HalfSquaredResidual.value(x, loc, 1.0 / scale, missing) - constant
 
 
 def _observed_sum(per_feature: Tensor, missing: Tensor | None, n_features: int) -> Tensor:
@@ -67,10 +71,14 @@ class _HalfSquaredResidual(torch.autograd.Function):
         return r if missing is None else r.masked_fill_(missing, 0.0)
 
     @staticmethod
-    def forward(ctx, x: Tensor, loc: Tensor, inv_scale: Tensor, missing: Tensor | None) -> Tensor:
-        ctx.save_for_backward(x, loc, inv_scale, missing)
+    def value(x: Tensor, loc: Tensor, inv_scale: Tensor, missing: Tensor | None) -> Tensor:
         r = _HalfSquaredResidual._residual(x, loc, inv_scale, missing)
         return 0.5 * torch.linalg.vecdot(r, r)
+
+    @staticmethod
+    def forward(ctx, x: Tensor, loc: Tensor, inv_scale: Tensor, missing: Tensor | None) -> Tensor:
+        ctx.save_for_backward(x, loc, inv_scale, missing)
+        return _HalfSquaredResidual.value(x, loc, inv_scale, missing)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
@@ -196,14 +204,21 @@ class DecoderLikelihood(nn.Module):
     def log_prob(self, x: Tensor, out: Tensor) -> Tensor:
         """Log-density of ``x`` given the decoder output, summed over the observed features
         (NaN cells of x are missing, see :mod:`~nidl_vae.missing`)."""
+        return self.log_prob_of(x)(out)
+
+    def log_prob_of(self, x: Tensor) -> Callable[[Tensor], Tensor]:
+        """:meth:`log_prob` of the rows ``x`` as a function of the decoder output, for rows
+        decoded many times (importance sampling): their missing cells are found once."""
         missing = missing_cells(x)
         if self.dist == "normal":
-            return normal_log_prob(x, out, self.scale(), missing)
+            scale = self.scale()
+            return lambda out: normal_log_prob(x, out, scale, missing)
         if self.dist == "laplace":
-            return laplace_log_prob(x, out, self.scale(), missing)
+            scale = self.scale()
+            return lambda out: laplace_log_prob(x, out, scale, missing)
         if self.dist == "bernoulli":
-            return bernoulli_log_prob(x, out, missing)
-        return categorical_log_prob(x, out, missing)
+            return lambda out: bernoulli_log_prob(x, out, missing)
+        return lambda out: categorical_log_prob(x, out, missing)
 
     def mean(self, out: Tensor) -> Tensor:
         """The mean of :math:`p(x|z)` given the decoder output."""

@@ -20,7 +20,7 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
-from .objectives import gaussian_log_density
+from .objectives import LOG_2PI
 
 LatentTerms = Callable[[Tensor], Tensor]
 
@@ -146,10 +146,14 @@ class BaseVAEModule(pl.LightningModule, ABC):
         """Importance-weighted :math:`\\log p(x)` with the posterior as proposal:
         :math:`\\log \\frac1K \\sum_k p(x|z_k) p(z_k) / q(z_k|x)`."""
         mu, logvar, _, log_lik, log_prior = self.log_weight_terms(batch)
+        # the posterior's log-density at its own draws mu + s * e depends on e and s alone:
+        # -sum(log 2 pi + log s^2 + e^2) / 2, a (k,) term plus a (B,) term
+        log_q_rows = -0.5 * (LOG_2PI * logvar.shape[-1] + logvar.sum(-1))
 
         def log_weights(e: Tensor) -> Tensor:
             z = self._draws(mu, logvar, e)
-            return log_lik(z) + log_prior(z) - gaussian_log_density(z, mu, logvar)
+            log_q = log_q_rows - 0.5 * torch.linalg.vecdot(e, e)[:, None]
+            return log_lik(z) + log_prior(z) - log_q
 
         return logmeanexp_over_draws(log_weights, eps, per_chunk)
 

@@ -197,13 +197,13 @@ class VAEModule(BaseVAEModule):
             readout = readout.rows(x.flatten(1))
         else:  # each row's quadratic form would run over its own observed cells
             readout = None
+        log_prob = self.likelihood.log_prob_of(x.flatten(1))
 
         def log_lik(z: Tensor) -> Tensor:
             inputs = self._draw_inputs(z, c)
             if readout is not None:
                 return readout(self.decoder[:-1](inputs).unflatten(0, z.shape[:2]))
-            loc = self.decoder(inputs).flatten(1)
-            return self.likelihood.log_prob(x.flatten(1), loc.unflatten(0, z.shape[:2]))
+            return log_prob(self.decoder(inputs).flatten(1).unflatten(0, z.shape[:2]))
 
         kl = gaussian_kl(mu, logvar, mu_p, logvar_p)
         return mu, logvar, kl, log_lik, _log_density(mu_p, logvar_p)
