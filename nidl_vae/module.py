@@ -25,7 +25,7 @@ from .objectives import LOG_2PI
 LatentTerms = Callable[[Tensor], Tensor]
 
 # Latent rows decoded at once by the inference steps: as many as keep the decoder's activations
-# in cache (4,096 rows decode 3x faster than 65,536 on digits), fewer when the rows are so
+# in cache (4,096 rows decode 1.4x faster than 65,536 on digits), fewer when the rows are so
 # wide that a chunk would exceed ``DECODE_VALUES`` decoded values (64 MB in float32).
 # ``python benchmarks/bench_scale.py --only inference`` sweeps it.
 DECODE_ROWS = 4096
