@@ -5,10 +5,11 @@ its speed against a plain PyTorch loop of the same convolutional model.
   (``nidl_vae.datasets.make_mni_cohort``: an age effect in two medial temporal regions, smooth
   subject variation and noise), the 5-fold cross-validated linear R^2 of age read from 4
   latents of ``VAE()`` fitted on the volumes (default convolutional networks), from PCA(4)
-  and from ``VAE()`` on the masked voxels (default MLP), with each model's parameter count and
-  fit time; and whether the decoder draws the effect: the mean latent path from 30 to 70
-  years (least squares of the latents on age), decoded, against the planted change (their
-  correlation over the brain's voxels, and the ratio of their largest losses).
+  and from ``VAE()`` on the masked voxels (default MLP; ``mlp-volumes``: on the whole volumes
+  flattened, background included, as the convolutional VAE sees them), with each model's
+  parameter count and fit time; and whether the decoder draws the effect: the mean latent
+  path from 30 to 70 years (least squares of the latents on age), decoded, against the planted
+  change (their correlation over the brain's voxels, and the ratio of their largest losses).
 - ``speed``: seconds per epoch of ``VAE.fit`` on the volumes against a plain loop of the same
   networks (``nidl_vae.networks.conv_encoder``/``conv_decoder`` with Gaussian heads, a learned
   per-voxel scale, fused Adam), interleaved, medians.
@@ -16,7 +17,7 @@ its speed against a plain PyTorch loop of the same convolutional model.
 Every timing runs on one CPU thread, or on the GPU with ``--device cuda``.
 
     python benchmarks/bench_volumes.py [--only quality speed] [--resolution 4] [--subjects 300]
-        [--weight-decay W] [--seeds 0 1 2] [--networks mlp conv]
+        [--weight-decay W] [--seeds 0 1 2] [--networks mlp conv mlp-volumes]
 """
 
 import argparse
@@ -45,8 +46,9 @@ def decoded_ageing(vae: VAE, X, Z, age, mask, ageing) -> tuple[float, float]:
     correlation, and the ratio of their largest intensity losses."""
     path = LinearRegression().fit(age[:, None], Z).predict([[30.0], [70.0]])
     decoded = vae.inverse_transform(path)
-    change = decoded[1] - decoded[0]  # masked voxels, or a volume (1, D, H, W)
-    change = change[0][mask] if change.ndim > 1 else change
+    change = decoded[1] - decoded[0]  # masked voxels, or a whole volume (flat or not)
+    if change.size == mask.size:
+        change = change.reshape(mask.shape)[mask]
     planted = planted_ageing(X, age, ageing)[mask]
     return np.corrcoef(change, planted)[0, 1], change.min() / planted.min()
 
@@ -64,6 +66,7 @@ def quality(args, X, age, mask, ageing):
     networks = {
         "mlp": ("VAE, MLP on masked voxels", masked),
         "conv": ("VAE, convolutional on volumes", X),
+        "mlp-volumes": ("VAE, MLP on whole volumes", X.reshape(len(X), -1)),
     }
     options = {} if args.weight_decay is None else {"weight_decay": args.weight_decay}
     for key in args.networks:
@@ -174,7 +177,7 @@ def main():
     parser.add_argument(
         "--networks",
         nargs="+",
-        choices=["mlp", "conv"],
+        choices=["mlp", "conv", "mlp-volumes"],
         default=["mlp", "conv"],
         help="which VAEs to fit (quality)",
     )
