@@ -65,6 +65,24 @@ def test_log_likelihood_is_a_tighter_bound_than_the_elbo(digits, fitted):
     assert ll.mean() < ll_1000 < ll.mean() + 3
 
 
+def test_log_likelihood_equals_the_estimate_written_with_torch_distributions(digits, fitted):
+    # the same K draws, weighted with textbook densities: log mean_k p(x|z_k) p(z_k) / q(z_k|x)
+    X = digits[0][:20]
+    K = 50
+    eps = fitted._standard_normal((K, fitted.latent_dim), offset=3)  # the estimator's draws
+    module = fitted.module_
+    dist = torch.distributions
+    with torch.no_grad():
+        x = torch.as_tensor(X, dtype=torch.float32)
+        mu, logvar = module.encode_step((x,))
+        posterior = dist.Normal(mu, torch.exp(0.5 * logvar))
+        z = mu + torch.exp(0.5 * logvar) * eps[:, None, :]
+        log_px = dist.Normal(module.decoder(z), module.likelihood.scale()).log_prob(x).sum(-1)
+        log_w = log_px + dist.Normal(0.0, 1.0).log_prob(z).sum(-1) - posterior.log_prob(z).sum(-1)
+        expected = torch.logsumexp(log_w.double(), 0) - np.log(K)
+    assert_allclose(fitted.log_likelihood(X, n_importance=K), expected.numpy(), rtol=1e-5)
+
+
 @pytest.mark.parametrize("dist", ["laplace", "bernoulli"])
 def test_other_likelihoods_learn(digits, dist):
     X = digits[0]
