@@ -59,14 +59,13 @@ def quality(args, X, age, mask, ageing):
     def r2(Z):
         return cross_val_score(LinearRegression(), Z, age, cv=5).mean()
 
-    masked = X[:, 0][:, mask]
-    print(
-        f"  PCA(4) on {masked.shape[1]:,} masked voxels: R^2 {r2(PCA(4).fit_transform(masked)):.3f}"
-    )
+    masked, flat = X[:, 0][:, mask], X.reshape(len(X), -1)
+    for data, what in ((masked, "masked voxels"), (flat, "voxels of the whole volumes")):
+        print(f"  PCA(4) on {data.shape[1]:,} {what}: R^2 {r2(PCA(4).fit_transform(data)):.3f}")
     networks = {
         "mlp": ("VAE, MLP on masked voxels", masked),
         "conv": ("VAE, convolutional on volumes", X),
-        "mlp-volumes": ("VAE, MLP on whole volumes", X.reshape(len(X), -1)),
+        "mlp-volumes": ("VAE, MLP on whole volumes", flat),
     }
     options = {} if args.weight_decay is None else {"weight_decay": args.weight_decay}
     for key in args.networks:
