@@ -17,9 +17,9 @@ Prints every figure of the scale issue, each section on its own (``--only`` pick
   resident memory (RssAnon) during the fit against the data's size and the model's and
   optimizer's state.
 - ``inference``: transform and log_likelihood on float64 vs float32 input; log_likelihood
-  (K = 1,000) against MultiVae's per-sample loop (written out here), on 500 digits and on 100
-  rows of 20,000 features; the sweeps of latent rows decoded at once and of K (time and
-  memory rise).
+  (K = 1,000) against MultiVae's per-sample loop (written out here) and against the
+  decoder's passes alone over the same latent rows, on 500 digits and on 100 rows of 20,000
+  features; the sweeps of latent rows decoded at once and of K (time and memory rise).
 - ``disk``: fit and transform on a memory-mapped file of several GB, with the rise of
   anonymous memory (pages of the mapped file count in RSS, not in RssAnon).
 
