@@ -158,27 +158,29 @@ def default_fits(X, score, seeds, **params) -> None:
         )
 
 
-def defaults(args):
-    print("== defaults: few subjects, many voxels (500 x 24^3), and digits ==")
+def brain_cohorts() -> list[tuple[str, np.ndarray, np.ndarray, bool]]:
+    """The few-subject, many-voxel cohorts: (name, X, age, whether the options are fitted)."""
     X, age, mask = make_cohort(500, (24, 24, 24))
-    print(f"cohort {X.shape[0]} x {X.shape[1]} ({X.dtype})")
+    mni, mni_age, mni_mask, _, _ = make_mni_cohort(300, 6.0)
+    return [
+        ("cohort 500 x 13,824, unmasked", X, age, True),
+        ("the same masked to the brain (4,160 voxels)", X[:, mask.ravel()], age, False),
+        ("MNI-based brains, 6 mm, masked (8,735 voxels)", mni[:, 0][:, mni_mask], mni_age, True),
+    ]
+
+
+def defaults(args):
+    print("== defaults: few subjects, many voxels, and digits ==")
 
     def r2(Z, target):
         return cross_val_score(LinearRegression(), Z, target, cv=5).mean()
 
-    print(f"  R^2 of age from 4 latents: PCA(4) {r2(PCA(4).fit_transform(X), age):.3f}")
-    default_fits(X, lambda Z: r2(Z, age), args.seeds, latent_dim=4)
-    with_options(X, age, r2)
-    X = X[:, mask.ravel()]
-    print(f"the same cohort masked to the brain: {X.shape[1]:,} voxels")
-    print(f"  R^2 of age from 4 latents: PCA(4) {r2(PCA(4).fit_transform(X), age):.3f}")
-    default_fits(X, lambda Z: r2(Z, age), args.seeds, latent_dim=4)
-    X, age, mask, _, _ = make_mni_cohort(300, 6.0)
-    X = X[:, 0][:, mask]
-    print(f"MNI152-based cohort (make_mni_cohort, 6 mm): {X.shape[0]} x {X.shape[1]} masked voxels")
-    print(f"  R^2 of age from 4 latents: PCA(4) {r2(PCA(4).fit_transform(X), age):.3f}")
-    default_fits(X, lambda Z: r2(Z, age), args.seeds, latent_dim=4)
-    with_options(X, age, r2)
+    for name, X, age, options in brain_cohorts():
+        print(f"{name} ({X.dtype})")
+        print(f"  R^2 of age from 4 latents: PCA(4) {r2(PCA(4).fit_transform(X), age):.3f}")
+        default_fits(X, lambda Z, age=age: r2(Z, age), args.seeds, latent_dim=4)
+        if options:
+            with_options(X, age, r2)
     X, y = load_digits(return_X_y=True)
     X = X / 16
     clf = LogisticRegression(max_iter=1000)
@@ -284,9 +286,11 @@ def timed(fn, repeats):
 
 
 def decoder_passes(vae: VAE, n_rows: int, K: int) -> None:
-    """The decoder alone on the K x n_rows latent rows both estimates decode, 4,096 at a time:
-    what a loop without any overhead would still cost."""
-    z = torch.randn(4096, vae.latent_dim)
+    """The decoder alone on the K x n_rows latent rows both estimates decode, as many at a
+    time as the estimator decodes: what a loop without any overhead would still cost."""
+    import nidl_vae.module
+
+    z = torch.randn(nidl_vae.module.DECODE_ROWS, vae.latent_dim)
     with torch.no_grad():
         for _ in range(-(-n_rows * K // len(z))):
             vae.module_.decoder(z)
@@ -393,14 +397,7 @@ def held_out_r2(model, train, test, y_train, y_test) -> float:
 
 def held_out(args):
     print("== held-out subjects: R^2 of age from 4 latents of subjects the model did not see ==")
-    X, age, mask = make_cohort(500, (24, 24, 24))
-    mni, mni_age, mni_mask, _, _ = make_mni_cohort(300, 6.0)
-    cohorts = [
-        ("cohort 500 x 13,824, unmasked", X, age),
-        ("the same masked to the brain (4,160 voxels)", X[:, mask.ravel()], age),
-        ("MNI-based brains, 6 mm, masked (8,735 voxels)", mni[:, 0][:, mni_mask], mni_age),
-    ]
-    for name, data, target in cohorts:
+    for name, data, target, _ in brain_cohorts():
         split = train_test_split(data, target, test_size=0.2, random_state=0)
         train = split[0]
         scores = [

@@ -209,12 +209,10 @@ class DecoderLikelihood(nn.Module):
     def log_prob_of(self, x: Tensor) -> Callable[[Tensor], Tensor]:
         """:meth:`log_prob` of the rows ``x`` as a function of the decoder output, for rows
         decoded many times (importance sampling): their missing cells are found once."""
-        missing = missing_cells(x)
+        missing, scale = missing_cells(x), self.scale()
         if self.dist == "normal":
-            scale = self.scale()
             return lambda out: normal_log_prob(x, out, scale, missing)
         if self.dist == "laplace":
-            scale = self.scale()
             return lambda out: laplace_log_prob(x, out, scale, missing)
         if self.dist == "bernoulli":
             return lambda out: bernoulli_log_prob(x, out, missing)
