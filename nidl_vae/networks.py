@@ -15,6 +15,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from .optim import FeatureLinear
+
 
 def _init_from(layer: nn.Module, generator: torch.Generator) -> nn.Module:
     """PyTorch's default initialisation of a linear or convolutional layer, drawn from
@@ -34,10 +36,12 @@ def _relu() -> nn.ReLU:
     return nn.ReLU(inplace=True)
 
 
-def linear(in_dim: int, out_dim: int, generator: torch.Generator) -> nn.Linear:
-    """An ``nn.Linear`` with PyTorch's default initialisation drawn from ``generator``:
-    weights and biases uniform in :math:`\\pm 1/\\sqrt{\\mathrm{in\\_dim}}`."""
-    return _init_from(nn.utils.skip_init(nn.Linear, in_dim, out_dim), generator)
+def linear(
+    in_dim: int, out_dim: int, generator: torch.Generator, kind: type[nn.Linear] = nn.Linear
+) -> nn.Linear:
+    """An ``nn.Linear`` (or subclass ``kind``) with PyTorch's default initialisation drawn
+    from ``generator``: weights and biases uniform in :math:`\\pm 1/\\sqrt{\\mathrm{in\\_dim}}`."""
+    return _init_from(nn.utils.skip_init(kind, in_dim, out_dim), generator)
 
 
 def mlp(
@@ -47,9 +51,12 @@ def mlp(
     *,
     generator: torch.Generator,
     start: Tensor | None = None,
+    reads_features: bool = False,
 ) -> nn.Sequential:
     """Linear + ReLU layers of the given widths, then an optional linear output layer whose
-    bias is shifted by ``start`` (a decoder's output for the data's mean).
+    bias is shifted by ``start`` (a decoder's output for the data's mean). With
+    ``reads_features`` (an encoder), the first layer is a
+    :class:`~nidl_vae.optim.FeatureLinear`, trained with one second moment per unit.
 
     Started from zero on unscaled data (brain intensities near 0.5 that vary by 0.02), a
     decoder's first gradients are orders of magnitude larger than its later ones and fill
@@ -58,7 +65,8 @@ def mlp(
     """
     layers: list[nn.Module] = []
     for width in hidden_layer_sizes:
-        layers += [linear(in_dim, width, generator), _relu()]
+        kind = FeatureLinear if reads_features and not layers else nn.Linear
+        layers += [linear(in_dim, width, generator, kind), _relu()]
         in_dim = width
     if out_dim is not None:
         layers.append(linear(in_dim, out_dim, generator))
