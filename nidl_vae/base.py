@@ -82,9 +82,9 @@ SHARED_DOCS = {
         its output besides the hidden layers, :math:`f(z) = W_h h(z) + W_z z + b`, with
         :math:`W_z` started at zero and b at the data's mean. Measured with 4 latents
         (``benchmarks/bench_scale.py --only defaults``): on 300 brains built
-        from the MNI152 template at 6 mm (8,735 masked voxels) latents read age at R^2 0.943
-        with it and 0.950 without (PCA 0.932); on 500 synthetic volumes of 13,824 voxels
-        (``make_cohort``, unmasked) 0.891 with it and 0.916 without (PCA 0.939).""",
+        from the MNI152 template at 6 mm (8,735 masked voxels) latents read age at R^2 0.940
+        with it and 0.938 without (PCA 0.932); on 500 synthetic volumes of 13,824 voxels
+        (``make_cohort``, unmasked) 0.940 with it and 0.947 without (PCA 0.939).""",
     "training": """stochastic_transform : bool, default=False
         If True, ``transform`` returns one draw from the posterior (seeded, the same at every
         call) instead of its mean.

@@ -11,6 +11,8 @@ its inputs, a step moves each input's weight in proportion to its gradient, as p
 descent does, and weights on inputs whose gradient is only noise stay small.
 """
 
+import math
+
 import torch
 from torch import Tensor, nn
 
@@ -71,17 +73,20 @@ class RowwiseAdam(torch.optim.Adam):
             grad = grad.add(p, alpha=group["weight_decay"])
         state = self.state[p]
         if not state:
-            state["step"] = torch.zeros((), dtype=torch.float32)
+            state["step"] = 0
             state["exp_avg"] = torch.zeros_like(p)
             state["row_sq"] = p.new_zeros(p.shape[0], *([1] * (p.dim() - 1)))
         state["step"] += 1
-        t = float(state["step"])
+        step = state["step"]
         state["exp_avg"].lerp_(grad, 1 - beta1)
-        # the row's mean square without a weight-sized temporary
-        mean_sq = torch.linalg.vector_norm(grad.flatten(1), dim=1).square_() / grad[0].numel()
-        state["row_sq"].lerp_(mean_sq.view_as(state["row_sq"]), 1 - beta2)
-        denom = (state["row_sq"] / (1 - beta2**t)).sqrt_().add_(group["eps"])
-        p.addcdiv_(state["exp_avg"], denom, value=-group["lr"] / (1 - beta1**t))
+        # the rows' mean squares without a weight-sized temporary
+        mean_sq = torch.linalg.vector_norm(grad.flatten(1), dim=1).square_()
+        state["row_sq"].mul_(beta2).add_(
+            mean_sq.view_as(state["row_sq"]), alpha=(1 - beta2) / grad[0].numel()
+        )
+        denom = state["row_sq"].sqrt().add_(group["eps"] * math.sqrt(1 - beta2**step))
+        step_size = group["lr"] * math.sqrt(1 - beta2**step) / (1 - beta1**step)
+        p.addcdiv_(state["exp_avg"], denom, value=-step_size)
 
 
 def optimizer_for(module: nn.Module, lr: float, weight_decay: float) -> RowwiseAdam:
