@@ -11,8 +11,8 @@ from nidl_vae import CRMVAE, CVAE, VAE
 from nidl_vae.optim import FeatureLinear, RowwiseAdam, optimizer_for
 
 
-def _pair(seed=0):
-    torch.manual_seed(seed)
+def _pair():
+    torch.manual_seed(0)
     net = nn.Sequential(FeatureLinear(6, 4), nn.ReLU(), nn.Linear(4, 3))
     plain = nn.Sequential(nn.Linear(6, 4), nn.ReLU(), nn.Linear(4, 3))
     plain.load_state_dict(net.state_dict())
