@@ -569,7 +569,7 @@ class CRMVAE(BaseVAEEstimator):
             encoder_inputs.append(FilledInput(fill, self.encoder_reads_mask_[name]))
             block = encoder_inputs[-1](rows.read(example_rows)[0][:, start:stop])
             if self._encoders[name] is None:
-                backbone = mlp(block.shape[1], hidden, generator=generator, reads_features=True)
+                backbone = mlp(block.shape[1], hidden, generator=generator, n_conditions=0)
             else:
                 backbone = private_copy(self._encoders[name])
             out_dim = output_width(backbone, block, f"encoder of modality {name!r}")

@@ -102,7 +102,8 @@ class CVAE(BaseVAEEstimator):
     ----------
     encoder : nn.Module, default=None
         Reads X alone (an image CNN works); its flattened output and the conditions feed the
-        posterior heads. None builds an MLP over ``[X, conditions]``.
+        posterior heads. None builds an MLP over ``[X, conditions]`` whose first layer reads X
+        as the VAE's does (one Adam second moment per unit) and the conditions with Adam.
     decoder : nn.Module, default=None
         Reads ``[z, conditions]`` (width ``latent_dim`` + number of encoded conditions).
     prior_network : 'mlp', nn.Module or None, default=None

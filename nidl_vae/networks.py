@@ -36,12 +36,26 @@ def _relu() -> nn.ReLU:
     return nn.ReLU(inplace=True)
 
 
-def linear(
-    in_dim: int, out_dim: int, generator: torch.Generator, kind: type[nn.Linear] = nn.Linear
-) -> nn.Linear:
-    """An ``nn.Linear`` (or subclass ``kind``) with PyTorch's default initialisation drawn
-    from ``generator``: weights and biases uniform in :math:`\\pm 1/\\sqrt{\\mathrm{in\\_dim}}`."""
-    return _init_from(nn.utils.skip_init(kind, in_dim, out_dim), generator)
+def linear(in_dim: int, out_dim: int, generator: torch.Generator) -> nn.Linear:
+    """An ``nn.Linear`` with PyTorch's default initialisation drawn from ``generator``:
+    weights and biases uniform in :math:`\\pm 1/\\sqrt{\\mathrm{in\\_dim}}`."""
+    return _init_from(nn.utils.skip_init(nn.Linear, in_dim, out_dim), generator)
+
+
+def feature_linear(
+    in_dim: int, out_dim: int, n_conditions: int, generator: torch.Generator
+) -> FeatureLinear:
+    """A :class:`~nidl_vae.optim.FeatureLinear` reading ``in_dim`` inputs, the last
+    ``n_conditions`` of them conditions, drawn as :func:`linear` draws the same layer."""
+    drawn = linear(in_dim, out_dim, generator)
+    layer = nn.utils.skip_init(FeatureLinear, in_dim, out_dim, n_conditions)
+    with torch.no_grad():
+        features, conditions = drawn.weight.split([in_dim - n_conditions, n_conditions], 1)
+        layer.weight.copy_(features)
+        layer.bias.copy_(drawn.bias)
+        if n_conditions:
+            layer.condition_weight.copy_(conditions)
+    return layer
 
 
 def mlp(
@@ -51,12 +65,12 @@ def mlp(
     *,
     generator: torch.Generator,
     start: Tensor | None = None,
-    reads_features: bool = False,
+    n_conditions: int | None = None,
 ) -> nn.Sequential:
     """Linear + ReLU layers of the given widths, then an optional linear output layer whose
-    bias is shifted by ``start`` (a decoder's output for the data's mean). With
-    ``reads_features`` (an encoder), the first layer is a
-    :class:`~nidl_vae.optim.FeatureLinear`, trained with one second moment per unit.
+    bias is shifted by ``start`` (a decoder's output for the data's mean). An encoder gives
+    ``n_conditions`` (0 without): its input is the data's features followed by that many
+    conditions, and its first layer a :class:`~nidl_vae.optim.FeatureLinear`.
 
     Started from zero on unscaled data (brain intensities near 0.5 that vary by 0.02), a
     decoder's first gradients are orders of magnitude larger than its later ones and fill
@@ -65,8 +79,10 @@ def mlp(
     """
     layers: list[nn.Module] = []
     for width in hidden_layer_sizes:
-        kind = FeatureLinear if reads_features and not layers else nn.Linear
-        layers += [linear(in_dim, width, generator, kind), _relu()]
+        if n_conditions is not None and not layers:
+            layers += [feature_linear(in_dim, width, n_conditions, generator), _relu()]
+        else:
+            layers += [linear(in_dim, width, generator), _relu()]
         in_dim = width
     if out_dim is not None:
         layers.append(linear(in_dim, out_dim, generator))

@@ -15,11 +15,40 @@ import math
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 
 class FeatureLinear(nn.Linear):
-    """A linear layer that reads the data's features; :class:`RowwiseAdam` trains its weight
-    with one second moment per output unit."""
+    """:math:`y = W x + V c + b`: a linear layer that reads the data's features x, and after
+    them ``n_conditions`` conditions c (a CVAE's labels or covariates).
+
+    :class:`RowwiseAdam` trains W (``weight``) with one second moment per output unit; V
+    (``condition_weight``, None without conditions) and b train with Adam, since a handful of
+    conditions are not the many uninformative inputs the row-wise moment is for.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        n_conditions: int = 0,
+        bias: bool = True,
+        device=None,
+        dtype=None,
+    ):
+        super().__init__(in_features - n_conditions, out_features, bias, device, dtype)
+        if n_conditions:
+            shape = (out_features, n_conditions)
+            self.condition_weight = nn.Parameter(torch.empty(shape, device=device, dtype=dtype))
+        else:
+            self.register_parameter("condition_weight", None)
+
+    def forward(self, inputs: Tensor) -> Tensor:
+        if self.condition_weight is None:
+            return super().forward(inputs)
+        n_conditions = self.condition_weight.shape[1]
+        features, conditions = inputs.split([self.in_features, n_conditions], -1)
+        return super().forward(features) + F.linear(conditions, self.condition_weight)
 
 
 class RowwiseAdam(torch.optim.Adam):

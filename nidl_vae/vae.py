@@ -286,7 +286,7 @@ def build_vae_module(
         backbone = conv_encoder(seen.shape[1:], channels, generator=generator)
         out_dim = output_width(backbone, seen, "default encoder")
     elif estimator.encoder is None:
-        backbone = mlp(seen.shape[1] + n_cond, hidden, generator=generator, reads_features=True)
+        backbone = mlp(seen.shape[1] + n_cond, hidden, generator=generator, n_conditions=n_cond)
         out_dim = output_width(backbone, torch.cat([seen, C], 1), "default encoder")
     else:
         backbone = private_copy(estimator.encoder)

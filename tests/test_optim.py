@@ -80,6 +80,22 @@ def test_default_encoders_read_the_features_through_a_feature_layer():
         for module in (model.module_, pickle.loads(pickle.dumps(model)).module_):
             readers = [m for m in module.modules() if isinstance(m, FeatureLinear)]
             assert len(readers) == expected
+    # the CVAE's reads the 6 features row-wise and its 2 one-hot conditions apart
+    (reader,) = [m for m in fitted[1].module_.modules() if isinstance(m, FeatureLinear)]
+    assert reader.weight.shape == (256, 6) and reader.condition_weight.shape == (256, 2)
+
+
+def test_a_feature_layer_with_conditions_is_the_linear_map_of_features_and_conditions():
+    layer = FeatureLinear(5, 3, n_conditions=2)
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.normal_(generator=torch.Generator().manual_seed(p.numel()))
+    inputs = torch.randn(4, 5, generator=torch.Generator().manual_seed(0))
+    full = torch.cat([layer.weight, layer.condition_weight], 1)
+    torch.testing.assert_close(layer(inputs), inputs @ full.T + layer.bias)
+    optimizer = optimizer_for(layer, lr=0.01, weight_decay=0.0)
+    rowwise = [p for g in optimizer.param_groups if g.get("rowwise") for p in g["params"]]
+    assert len(rowwise) == 1 and rowwise[0] is layer.weight  # conditions train with Adam
 
 
 def test_the_optimizer_is_rowwise_adam_with_the_estimators_options():
