@@ -290,6 +290,7 @@ class BaseVAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
             train, val = self._split(rows, seed)
             max_epochs = self._max_epochs(len(train), batch_size)
             module = self._build_module(rows, {**stats, "max_epochs": max_epochs}, generator, seed)
+            module.n_train_rows = len(train)
             module = self._train(module, train, val, batch_size, max_epochs, seed)
             self.module_ = module
             self.history_ = module.history()

@@ -88,6 +88,9 @@ class BaseVAEModule(pl.LightningModule, ABC):
         self.lr = lr
         self.weight_decay = weight_decay
         self.seed = seed
+        # training rows, set by the estimator before it trains: whether the feature layers are
+        # row-wise depends on it (see nidl_vae.optim.optimizer_for)
+        self.n_train_rows: int | None = None
         self._noise: torch.Generator | None = None
         n_terms = len(self.loss_names)
         self.register_buffer("history_train", torch.full((max_epochs, n_terms), math.nan))
@@ -186,7 +189,7 @@ class BaseVAEModule(pl.LightningModule, ABC):
 
     # -- Lightning hooks --------------------------------------------------------------------
     def configure_optimizers(self) -> RowwiseAdam:
-        return optimizer_for(self, self.lr, self.weight_decay)
+        return optimizer_for(self, self.lr, self.weight_decay, self.n_train_rows)
 
     def on_fit_start(self) -> None:
         # one noise stream per process: ranks of a distributed fit see different data

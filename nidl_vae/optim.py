@@ -118,10 +118,22 @@ class RowwiseAdam(torch.optim.Adam):
         p.addcdiv_(state["exp_avg"], denom, value=-step_size)
 
 
-def optimizer_for(module: nn.Module, lr: float, weight_decay: float) -> RowwiseAdam:
-    """:class:`RowwiseAdam` over ``module``'s parameters, row-wise on the weights of its
-    :class:`FeatureLinear` layers."""
-    readers = [m.weight for m in module.modules() if isinstance(m, FeatureLinear)]
+def optimizer_for(
+    module: nn.Module, lr: float, weight_decay: float, n_rows: int | None = None
+) -> RowwiseAdam:
+    """:class:`RowwiseAdam` over ``module``'s parameters, row-wise on the feature weights of
+    its :class:`FeatureLinear` layers that read more features than the ``n_rows`` training
+    rows (all of them when ``n_rows`` is None).
+
+    Only there can the encoder give its training rows any latents it likes through noise
+    alone (with more inputs than rows, any assignment is a linear function of the inputs);
+    with fewer (digits: 64 pixels, 1,797 rows) Adam reads the data as well or better.
+    """
+    readers = [
+        m.weight
+        for m in module.modules()
+        if isinstance(m, FeatureLinear) and (n_rows is None or m.in_features > n_rows)
+    ]
     marked = {id(p) for p in readers}
     others = [p for p in module.parameters() if id(p) not in marked]
     groups = [{"params": others}]

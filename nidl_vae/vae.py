@@ -355,10 +355,11 @@ class VAE(BaseVAEEstimator):
     ----------
     encoder : nn.Module, default=None
         Maps a batch of rows of X to features; two linear heads map those (flattened) to the
-        posterior mean and log-variance. None builds an MLP with ``hidden_layer_sizes``, whose
-        first layer Adam trains with one second moment per unit
-        (:class:`~nidl_vae.optim.RowwiseAdam`): with many uninformative features (a volume's
-        background) Adam's per-weight steps let the encoder read the noise. A given module
+        posterior mean and log-variance. None builds an MLP with ``hidden_layer_sizes``; when
+        X has more features than training rows, Adam trains its first layer with one second
+        moment per unit (:class:`~nidl_vae.optim.RowwiseAdam`): with many uninformative
+        features (a volume's background) Adam's per-weight steps let the encoder read the
+        noise. A given module
         is copied at fit (never trained in place), keeps its initial weights, and is
         trained by Adam.
     decoder : nn.Module, default=None

@@ -105,3 +105,14 @@ def test_the_optimizer_is_rowwise_adam_with_the_estimators_options():
     assert isinstance(optimizer, RowwiseAdam)
     assert {g["lr"] for g in optimizer.param_groups} == {0.02}
     assert {g["weight_decay"] for g in optimizer.param_groups} == {0.1}
+
+
+def test_feature_layers_are_row_wise_only_when_they_read_more_features_than_rows():
+    net = nn.Sequential(FeatureLinear(6, 4), nn.ReLU(), nn.Linear(4, 3))
+    for n_rows, expected in ((None, 1), (5, 1), (6, 0), (100, 0)):
+        optimizer = optimizer_for(net, lr=0.01, weight_decay=0.0, n_rows=n_rows)
+        rowwise = [p for g in optimizer.param_groups if g.get("rowwise") for p in g["params"]]
+        assert len(rowwise) == expected
+    # the estimator passes its training rows: digits (64 pixels) train with Adam alone
+    X = np.random.default_rng(0).normal(size=(40, 6)).astype(np.float32)
+    assert VAE(max_epochs=1, random_state=0).fit(X).module_.n_train_rows == 40

@@ -251,7 +251,9 @@ def test_the_default_mlp_draws_the_age_effect_of_masked_brains():
     change = np.diff(vae.inverse_transform(path), axis=0)[0]
     planted = planted_ageing(volumes, age, ageing)[mask]
     assert np.corrcoef(change, planted)[0, 1] > 0.95
-    assert 0.8 < change.min() / planted.min() < 1.25
+    # its largest loss: 0.72x the planted one (0.96x when Adam trained every layer; the
+    # row-wise first layer draws the change smaller, see the training guide)
+    assert 0.6 < change.min() / planted.min() < 1.25
 
 
 @pytest.mark.parametrize("linear_path", [True, False])
