@@ -116,3 +116,15 @@ def test_feature_layers_are_row_wise_only_when_they_read_more_features_than_rows
     # the estimator passes its training rows: digits (64 pixels) train with Adam alone
     X = np.random.default_rng(0).normal(size=(40, 6)).astype(np.float32)
     assert VAE(max_epochs=1, random_state=0).fit(X).module_.n_train_rows == 40
+
+
+@pytest.mark.parametrize("n_conditions", [0, 2])
+def test_a_feature_layer_is_drawn_as_the_plain_layer(n_conditions):
+    from nidl_vae.networks import feature_linear, linear
+
+    plain = linear(7, 3, torch.Generator().manual_seed(0))
+    layer = feature_linear(7, 3, n_conditions, torch.Generator().manual_seed(0))
+    weight = (
+        layer.weight if not n_conditions else torch.cat([layer.weight, layer.condition_weight], 1)
+    )
+    assert torch.equal(weight, plain.weight) and torch.equal(layer.bias, plain.bias)
