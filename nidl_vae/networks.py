@@ -47,16 +47,8 @@ def feature_linear(
 ) -> FeatureLinear:
     """A :class:`~nidl_vae.optim.FeatureLinear` reading ``in_dim`` inputs, the last
     ``n_conditions`` of them conditions, drawn as :func:`linear` draws the same layer."""
-    if not n_conditions:
-        return _init_from(nn.utils.skip_init(FeatureLinear, in_dim, out_dim), generator)
-    drawn = linear(in_dim, out_dim, generator)
     layer = nn.utils.skip_init(FeatureLinear, in_dim, out_dim, n_conditions)
-    with torch.no_grad():
-        features, conditions = drawn.weight.split([in_dim - n_conditions, n_conditions], 1)
-        layer.weight.copy_(features)
-        layer.bias.copy_(drawn.bias)
-        layer.condition_weight.copy_(conditions)
-    return layer
+    return _init_from(layer, generator)
 
 
 def mlp(

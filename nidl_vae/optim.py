@@ -15,16 +15,15 @@ import math
 
 import torch
 from torch import Tensor, nn
-from torch.nn import functional as F
 
 
 class FeatureLinear(nn.Linear):
-    """:math:`y = W x + V c + b`: a linear layer that reads the data's features x, and after
-    them ``n_conditions`` conditions c (a CVAE's labels or covariates).
+    """A linear layer that reads the data's features, and after them ``n_conditions``
+    conditions (a CVAE's labels or covariates): :math:`y = W [x, c] + b`.
 
-    :class:`RowwiseAdam` trains W (``weight``) with one second moment per output unit; V
-    (``condition_weight``, None without conditions) and b train with Adam, since a handful of
-    conditions are not the many uninformative inputs the row-wise moment is for.
+    :class:`RowwiseAdam` trains the columns of W that read the features with one second moment
+    per output unit, and the conditions' columns as Adam does: a handful of conditions are not
+    the many uninformative inputs the row-wise moment is for.
     """
 
     def __init__(
@@ -36,19 +35,8 @@ class FeatureLinear(nn.Linear):
         device=None,
         dtype=None,
     ):
-        super().__init__(in_features - n_conditions, out_features, bias, device, dtype)
-        if n_conditions:
-            shape = (out_features, n_conditions)
-            self.condition_weight = nn.Parameter(torch.empty(shape, device=device, dtype=dtype))
-        else:
-            self.register_parameter("condition_weight", None)
-
-    def forward(self, inputs: Tensor) -> Tensor:
-        if self.condition_weight is None:
-            return super().forward(inputs)
-        n_conditions = self.condition_weight.shape[1]
-        features, conditions = inputs.split([self.in_features, n_conditions], -1)
-        return super().forward(features) + F.linear(conditions, self.condition_weight)
+        super().__init__(in_features, out_features, bias, device, dtype)
+        self.n_conditions = n_conditions
 
 
 class RowwiseAdam(torch.optim.Adam):
@@ -61,9 +49,11 @@ class RowwiseAdam(torch.optim.Adam):
     .. math:: w_{ij} \\leftarrow w_{ij} - \\eta\\, \\frac{m_{ij} / (1 - \\beta_1^t)}
         {\\sqrt{v_i / (1 - \\beta_2^t)} + \\epsilon}
 
-    (with ``weight_decay``, :math:`g` includes :math:`\\lambda w`, as in Adam). Other groups
-    are updated by Adam itself (its fused kernel where it has one). The row-wise state costs
-    one value per row instead of one per weight.
+    (with ``weight_decay``, :math:`g` includes :math:`\\lambda w`, as in Adam). The last
+    ``free_columns`` columns of such a weight (a CVAE's conditions) keep Adam's moment per
+    weight and are left out of the rows' means. Other groups are updated by Adam itself (its
+    fused kernel where it has one). The row-wise state costs one value per row instead of one
+    per weight.
     """
 
     # the gradient scaler of mixed precision must unscale the gradients before ``step``: the
@@ -97,6 +87,7 @@ class RowwiseAdam(torch.optim.Adam):
 
     def _rowwise_update(self, group: dict, p: Tensor) -> None:
         beta1, beta2 = group["betas"]
+        free = group.get("free_columns", 0)
         grad = p.grad
         if group["weight_decay"]:
             grad = grad.add(p, alpha=group["weight_decay"])
@@ -105,17 +96,29 @@ class RowwiseAdam(torch.optim.Adam):
             state["step"] = 0
             state["exp_avg"] = torch.zeros_like(p)
             state["row_sq"] = p.new_zeros(p.shape[0], *([1] * (p.dim() - 1)))
+            if free:
+                state["free_sq"] = p.new_zeros(p.shape[0], free)
         state["step"] += 1
         step = state["step"]
         state["exp_avg"].lerp_(grad, 1 - beta1)
+        read = grad.flatten(1)[:, : grad[0].numel() - free]
         # the rows' mean squares without a weight-sized temporary
-        mean_sq = torch.linalg.vector_norm(grad.flatten(1), dim=1).square_()
+        mean_sq = torch.linalg.vector_norm(read, dim=1).square_()
         state["row_sq"].mul_(beta2).add_(
-            mean_sq.view_as(state["row_sq"]), alpha=(1 - beta2) / grad[0].numel()
+            mean_sq.view_as(state["row_sq"]), alpha=(1 - beta2) / read.shape[1]
         )
-        denom = state["row_sq"].sqrt().add_(group["eps"] * math.sqrt(1 - beta2**step))
+        eps = group["eps"] * math.sqrt(1 - beta2**step)
         step_size = group["lr"] * math.sqrt(1 - beta2**step) / (1 - beta1**step)
-        p.addcdiv_(state["exp_avg"], denom, value=-step_size)
+        if not free:
+            denom = state["row_sq"].sqrt().add_(eps)
+            p.addcdiv_(state["exp_avg"], denom, value=-step_size)
+            return
+        features, conditions = p.split([p.shape[1] - free, free], 1)
+        m_features, m_conditions = state["exp_avg"].split([p.shape[1] - free, free], 1)
+        features.addcdiv_(m_features, state["row_sq"].sqrt().add_(eps), value=-step_size)
+        g = grad[:, -free:]
+        state["free_sq"].mul_(beta2).addcmul_(g, g, value=1 - beta2)
+        conditions.addcdiv_(m_conditions, state["free_sq"].sqrt().add_(eps), value=-step_size)
 
 
 def optimizer_for(
@@ -130,15 +133,16 @@ def optimizer_for(
     with fewer (digits: 64 pixels, 1,797 rows) Adam reads the data as well or better.
     """
     readers = [
-        m.weight
+        m
         for m in module.modules()
-        if isinstance(m, FeatureLinear) and (n_rows is None or m.in_features > n_rows)
+        if isinstance(m, FeatureLinear)
+        and (n_rows is None or m.in_features - m.n_conditions > n_rows)
     ]
-    marked = {id(p) for p in readers}
-    others = [p for p in module.parameters() if id(p) not in marked]
-    groups = [{"params": others}]
-    if readers:
-        groups.append({"params": readers, "rowwise": True})
+    marked = {id(m.weight) for m in readers}
+    groups = [{"params": [p for p in module.parameters() if id(p) not in marked]}]
+    groups += [
+        {"params": [m.weight], "rowwise": True, "free_columns": m.n_conditions} for m in readers
+    ]
     options = dict(lr=lr, weight_decay=weight_decay)
     try:
         # the fused kernel updates each parameter in one pass: at 10^5 features it is 20%

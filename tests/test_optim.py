@@ -80,22 +80,29 @@ def test_default_encoders_read_the_features_through_a_feature_layer():
         for module in (model.module_, pickle.loads(pickle.dumps(model)).module_):
             readers = [m for m in module.modules() if isinstance(m, FeatureLinear)]
             assert len(readers) == expected
-    # the CVAE's reads the 6 features row-wise and its 2 one-hot conditions apart
+    # the CVAE's reads the 6 features and, in its last 2 columns, the one-hot conditions
     (reader,) = [m for m in fitted[1].module_.modules() if isinstance(m, FeatureLinear)]
-    assert reader.weight.shape == (256, 6) and reader.condition_weight.shape == (256, 2)
+    assert reader.weight.shape == (256, 8) and reader.n_conditions == 2
 
 
-def test_a_feature_layer_with_conditions_is_the_linear_map_of_features_and_conditions():
-    layer = FeatureLinear(5, 3, n_conditions=2)
-    with torch.no_grad():
-        for p in layer.parameters():
-            p.normal_(generator=torch.Generator().manual_seed(p.numel()))
-    inputs = torch.randn(4, 5, generator=torch.Generator().manual_seed(0))
-    full = torch.cat([layer.weight, layer.condition_weight], 1)
-    torch.testing.assert_close(layer(inputs), inputs @ full.T + layer.bias)
-    optimizer = optimizer_for(layer, lr=0.01, weight_decay=0.0)
-    rowwise = [p for g in optimizer.param_groups if g.get("rowwise") for p in g["params"]]
-    assert len(rowwise) == 1 and rowwise[0] is layer.weight  # conditions train with Adam
+def test_the_conditions_columns_follow_adam_and_the_features_are_row_wise():
+    torch.manual_seed(0)
+    net = nn.Sequential(FeatureLinear(6, 4, n_conditions=2), nn.ReLU(), nn.Linear(4, 3))
+    optimizer = optimizer_for(net, lr=0.01, weight_decay=0.0)
+    x = torch.randn(8, 6, generator=torch.Generator().manual_seed(1))
+    w = net[0].weight.detach().clone()
+    m, v_rows, v_free = torch.zeros_like(w), torch.zeros(4, 1), torch.zeros(4, 2)
+    for t in range(1, 4):
+        optimizer.zero_grad()
+        net(x).square().sum().backward()
+        g = net[0].weight.grad
+        m = 0.9 * m + 0.1 * g
+        v_rows = 0.999 * v_rows + 0.001 * g[:, :4].square().mean(1, keepdim=True)
+        v_free = 0.999 * v_free + 0.001 * g[:, 4:].square()
+        v = torch.cat([v_rows.expand(4, 4), v_free], 1)
+        w = w - 0.01 * (m / (1 - 0.9**t)) / ((v / (1 - 0.999**t)).sqrt() + 1e-8)
+        optimizer.step()
+        torch.testing.assert_close(net[0].weight.detach(), w, rtol=1e-5, atol=1e-7)
 
 
 def test_the_optimizer_is_rowwise_adam_with_the_estimators_options():
@@ -118,13 +125,9 @@ def test_feature_layers_are_row_wise_only_when_they_read_more_features_than_rows
     assert VAE(max_epochs=1, random_state=0).fit(X).module_.n_train_rows == 40
 
 
-@pytest.mark.parametrize("n_conditions", [0, 2])
-def test_a_feature_layer_is_drawn_as_the_plain_layer(n_conditions):
+def test_a_feature_layer_is_drawn_as_the_plain_layer():
     from nidl_vae.networks import feature_linear, linear
 
     plain = linear(7, 3, torch.Generator().manual_seed(0))
-    layer = feature_linear(7, 3, n_conditions, torch.Generator().manual_seed(0))
-    weight = (
-        layer.weight if not n_conditions else torch.cat([layer.weight, layer.condition_weight], 1)
-    )
-    assert torch.equal(weight, plain.weight) and torch.equal(layer.bias, plain.bias)
+    layer = feature_linear(7, 3, 2, torch.Generator().manual_seed(0))
+    assert torch.equal(layer.weight, plain.weight) and torch.equal(layer.bias, plain.bias)
