@@ -40,8 +40,8 @@ class FeatureLinear(nn.Linear):
 
 
 class RowwiseAdam(torch.optim.Adam):
-    """Adam (Kingma & Ba, 2015), but the parameters of groups marked ``rowwise=True`` (weights
-    of shape (out, in)) keep one second moment per row, the mean over the row's inputs:
+    """Adam (Kingma & Ba, 2015), but the weights of groups marked ``rowwise=True`` (linear
+    layers', of shape (out, in)) keep one second moment per row, the mean over its inputs:
 
     .. math:: m_{ij} \\leftarrow \\beta_1 m_{ij} + (1 - \\beta_1) g_{ij}, \\qquad
         v_i \\leftarrow \\beta_2 v_i + (1 - \\beta_2) \\frac{1}{n_\\mathrm{in}} \\sum_j g_{ij}^2,
@@ -95,30 +95,25 @@ class RowwiseAdam(torch.optim.Adam):
         if not state:
             state["step"] = 0
             state["exp_avg"] = torch.zeros_like(p)
-            state["row_sq"] = p.new_zeros(p.shape[0], *([1] * (p.dim() - 1)))
+            state["row_sq"] = p.new_zeros(p.shape[0], 1)
             if free:
                 state["free_sq"] = p.new_zeros(p.shape[0], free)
         state["step"] += 1
         step = state["step"]
         state["exp_avg"].lerp_(grad, 1 - beta1)
-        read = grad.flatten(1)[:, : grad[0].numel() - free]
+        n_features = p.shape[1] - free
         # the rows' mean squares without a weight-sized temporary
-        mean_sq = torch.linalg.vector_norm(read, dim=1).square_()
-        state["row_sq"].mul_(beta2).add_(
-            mean_sq.view_as(state["row_sq"]), alpha=(1 - beta2) / read.shape[1]
-        )
+        mean_sq = torch.linalg.vector_norm(grad[:, :n_features], dim=1).square_()
+        state["row_sq"].mul_(beta2).add_(mean_sq[:, None], alpha=(1 - beta2) / n_features)
         eps = group["eps"] * math.sqrt(1 - beta2**step)
         step_size = group["lr"] * math.sqrt(1 - beta2**step) / (1 - beta1**step)
-        if not free:
-            denom = state["row_sq"].sqrt().add_(eps)
-            p.addcdiv_(state["exp_avg"], denom, value=-step_size)
-            return
-        features, conditions = p.split([p.shape[1] - free, free], 1)
-        m_features, m_conditions = state["exp_avg"].split([p.shape[1] - free, free], 1)
+        features, conditions = p.split([n_features, free], 1)
+        m_features, m_conditions = state["exp_avg"].split([n_features, free], 1)
         features.addcdiv_(m_features, state["row_sq"].sqrt().add_(eps), value=-step_size)
-        g = grad[:, -free:]
-        state["free_sq"].mul_(beta2).addcmul_(g, g, value=1 - beta2)
-        conditions.addcdiv_(m_conditions, state["free_sq"].sqrt().add_(eps), value=-step_size)
+        if free:
+            g = grad[:, n_features:]
+            state["free_sq"].mul_(beta2).addcmul_(g, g, value=1 - beta2)
+            conditions.addcdiv_(m_conditions, state["free_sq"].sqrt().add_(eps), value=-step_size)
 
 
 def optimizer_for(
