@@ -376,6 +376,10 @@ class BaseVAEEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
                     if interrupted(exc):
                         raise KeyboardInterrupt from None
                     raise
+            # the optimizer's moments and the last gradients are as large as the weights: a
+            # fitted estimator keeps the weights only
+            trainer.strategy.optimizers = []
+            module.zero_grad(set_to_none=True)
         module.eval()
         module.trainer = None  # the Trainer would keep the training data alive
         if int(module.steps_done) == 0:

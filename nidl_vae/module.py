@@ -191,6 +191,13 @@ class BaseVAEModule(pl.LightningModule, ABC):
     def configure_optimizers(self) -> RowwiseAdam:
         return optimizer_for(self, self.lr, self.weight_decay, self.n_train_rows)
 
+    def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
+        optimizer.step(closure=optimizer_closure)
+        # Lightning zeroes the gradients after the next training_step's forward pass: freed
+        # here, the forward pass does not hold a second copy of the weights (at 10^5 features
+        # the gradients are most of the fit's memory beyond the data)
+        optimizer.zero_grad(set_to_none=True)
+
     def on_fit_start(self) -> None:
         # one noise stream per process: ranks of a distributed fit see different data
         self._noise = torch.Generator(device=self.device).manual_seed(self.seed + self.global_rank)

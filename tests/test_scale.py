@@ -142,6 +142,29 @@ def test_fit_memory_stays_near_a_batch_whatever_the_data_size():
     assert rise < 0.3 * X.nbytes + state, f"{rise / 1e6:.0f} MB for {X.nbytes / 1e6:.0f} MB"
 
 
+def test_gradients_live_only_from_backward_to_the_optimizer_step(table):
+    # at 10^5 features the gradients weigh as much as the weights: held through the next
+    # forward pass (Lightning zeroes them after it) they were the fit's peak; held after fit,
+    # with the optimizer's moments, they tripled what a fitted estimator keeps
+    import pytorch_lightning as pl
+
+    seen = {}
+
+    class Probe(pl.Callback):
+        def on_train_batch_start(self, trainer, module, batch, batch_idx):
+            held = [p.grad is not None for p in module.parameters()]
+            seen["held at a forward pass"] = seen.get("held at a forward pass", 0) + any(held)
+
+        def on_before_optimizer_step(self, trainer, module, optimizer):
+            seen["steps with gradients"] = seen.get("steps with gradients", 0) + all(
+                p.grad is not None for p in module.parameters()
+            )
+
+    vae = VAE(**SMALL, trainer_params={"callbacks": [Probe()]}).fit(table)
+    assert seen == {"held at a forward pass": 0, "steps with gradients": int(vae.module_.steps_done)}
+    assert all(p.grad is None for p in vae.module_.parameters())
+
+
 def test_log_likelihood_memory_is_flat_in_the_number_of_draws(digits):
     X = digits[0][:400]
     vae = VAE(max_epochs=2, random_state=0).fit(X)
