@@ -161,7 +161,8 @@ def test_gradients_live_only_from_backward_to_the_optimizer_step(table):
             )
 
     vae = VAE(**SMALL, trainer_params={"callbacks": [Probe()]}).fit(table)
-    assert seen == {"held at a forward pass": 0, "steps with gradients": int(vae.module_.steps_done)}
+    steps = int(vae.module_.steps_done)
+    assert seen == {"held at a forward pass": 0, "steps with gradients": steps}
     assert all(p.grad is None for p in vae.module_.parameters())
 
 
