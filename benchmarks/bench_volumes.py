@@ -130,7 +130,7 @@ def speed(args, X):
     epochs, batch = 2, max(16, min(128, len(X) // 16))
     print(f"== speed: {epochs} epochs of {len(X)} volumes {X.shape[2:]}, batch {batch} ==")
     data = torch.from_numpy(X)
-    device = torch.device("cuda" if args.device == "gpu" else "cpu")
+    device = torch.device(args.device)
     model = PlainConvVAE(X.shape[1:]).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
     plain_epoch(model, opt, data[: 2 * batch], batch, device)  # first-call costs paid here
