@@ -144,7 +144,7 @@ def main():
     X = (digits.data / 16).astype(np.float32)
     y = digits.target if args.model == "cvae" else None
     C = np.eye(10, dtype=np.float32)[y] if y is not None else X[:, :0]
-    extra = () if y is None else (y,)
+    extra = {} if y is None else {"conditions": y}
     Estimator = {"vae": VAE, "cvae": CVAE, "crmvae": CRMVAE}[args.model]
     Model = PlainCRMVAE if args.model == "crmvae" else PlainVAE
     options = dict(modalities=[32, 32]) if args.model == "crmvae" else {}
@@ -160,7 +160,7 @@ def main():
             accelerator=accelerator,
             random_state=0,
             **options,
-        ).fit(X, *extra)
+        ).fit(X, **extra)
 
     timed(lambda: plain_fit(X, C, args.device, Model)), timed(estimator_fit)  # warm-up
     fit_ratios, plain_times, estimator_times = [], [], []
@@ -192,7 +192,7 @@ def main():
     for _ in range(max(args.repeats, 20)):
         t_plain = statistics.median(timed(plain_transform)[0] for _ in range(5))
         t_estimator = statistics.median(
-            timed(lambda: estimator.transform(X, *extra))[0] for _ in range(5)
+            timed(lambda: estimator.transform(X, **extra))[0] for _ in range(5)
         )
         t_ratios.append(t_estimator / t_plain)
     print(
