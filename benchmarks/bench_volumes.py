@@ -6,7 +6,8 @@ its speed against a plain PyTorch loop of the same convolutional model.
   subject variation and noise), the 5-fold cross-validated linear R^2 of age read from 4
   latents of ``VAE()`` fitted on the volumes (default convolutional networks), from PCA(4)
   and from ``VAE()`` on the masked voxels (default MLP; ``mlp-volumes``: on the whole volumes
-  flattened, background included, as the convolutional VAE sees them), with each model's
+  flattened, background included, as the convolutional VAE sees them; ``conv-no-path``: the
+  convolutional VAE without its decoder's linear path), with each model's
   parameter count and fit time; and whether the decoder draws the effect: the mean latent
   path from 30 to 70 years (least squares of the latents on age), decoded, against the planted
   change (their correlation over the brain's voxels, and the ratio of their largest losses).
@@ -17,7 +18,7 @@ its speed against a plain PyTorch loop of the same convolutional model.
 Every timing runs on one CPU thread, or on the GPU with ``--device cuda``.
 
     python benchmarks/bench_volumes.py [--only quality speed] [--resolution 4] [--subjects 300]
-        [--weight-decay W] [--seeds 0 1 2] [--networks mlp conv mlp-volumes]
+        [--weight-decay W] [--seeds 0 1 2] [--networks mlp conv conv-no-path mlp-volumes]
 """
 
 import argparse
@@ -65,15 +66,17 @@ def quality(args, X, age, mask, ageing):
     networks = {
         "mlp": ("VAE, MLP on masked voxels", masked),
         "conv": ("VAE, convolutional on volumes", X),
+        "conv-no-path": ("VAE, convolutional on volumes, linear_path=False", X),
         "mlp-volumes": ("VAE, MLP on whole volumes", flat),
     }
     options = {} if args.weight_decay is None else {"weight_decay": args.weight_decay}
     for key in args.networks:
         name, data = networks[key]
+        given = {**options, "linear_path": False} if key == "conv-no-path" else options
         scores = []
         for seed in args.seeds:
             start = time.perf_counter()
-            vae = VAE(latent_dim=4, accelerator=args.device, random_state=seed, **options)
+            vae = VAE(latent_dim=4, accelerator=args.device, random_state=seed, **given)
             vae.fit(data)
             seconds = time.perf_counter() - start
             Z = vae.transform(data)
@@ -102,7 +105,7 @@ class PlainConvVAE(nn.Module):
         self.encoder = conv_encoder(shape, channels, generator=generator)
         width = self.encoder(torch.zeros(1, *shape)).numel()
         self.mu, self.logvar = nn.Linear(width, latent), nn.Linear(width, latent)
-        self.decoder = conv_decoder(shape, channels, latent, generator=generator)
+        self.decoder = conv_decoder(shape, channels, latent, generator=generator, linear_path=True)
         self.raw_scale = nn.Parameter(torch.zeros(math.prod(shape)))
 
     def loss(self, x):
@@ -176,7 +179,7 @@ def main():
     parser.add_argument(
         "--networks",
         nargs="+",
-        choices=["mlp", "conv", "mlp-volumes"],
+        choices=["mlp", "conv", "conv-no-path", "mlp-volumes"],
         default=["mlp", "conv"],
         help="which VAEs to fit (quality)",
     )

@@ -77,14 +77,20 @@ SHARED_DOCS = {
 
         ``history_``'s 'loss' is then this bound, 'reconstruction' the mean over the draws
         and 'kl' the analytic KL.""",
-    "linear_path": """linear_path : bool, default=False
-        Give the default MLP decoder a linear map from its input (latents, and conditions) to
-        its output besides the hidden layers, :math:`f(z) = W_h h(z) + W_z z + b`, with
-        :math:`W_z` started at zero and b at the data's mean. Measured with 4 latents
-        (``benchmarks/bench_scale.py --only defaults``): on 300 brains built
-        from the MNI152 template at 6 mm (8,735 masked voxels) latents read age at R^2 0.940
-        with it and 0.938 without (PCA 0.932); on 500 synthetic volumes of 13,824 voxels
-        (``make_cohort``, unmasked) 0.940 with it and 0.947 without (PCA 0.939).""",
+    "linear_path": """linear_path : bool or 'auto', default='auto'
+        Give the default decoder a linear map from its input (latents, and conditions) to
+        its output besides its hidden layers, :math:`f(z) = g(z) + W_z z`, with
+        :math:`W_z` started at zero (``latent_dim`` times ``n_features_in_`` weights, plus a
+        column per condition). 'auto' gives it to the convolutional decoder of images and
+        volumes and not to the MLP. Measured with 4 latents: on 300 brains built from the
+        MNI152 template at 6 mm as volumes (``benchmarks/bench_volumes.py``), the
+        convolutional VAE's latents read age at R^2 XXX with it and YYY without (seeds 0-4;
+        PCA 0.932): transposed convolutions draw shapes anywhere in the volume and spent the
+        latents on the subjects' smooth variation, while the path draws a fixed pattern per
+        latent, as the planted effect is. With the MLP (``bench_scale.py --only defaults``), on
+        the same brains masked (8,735 voxels) 0.940 with it and 0.938 without; on 500
+        synthetic volumes of 13,824 voxels (``make_cohort``, unmasked) 0.940 with it and
+        0.947 without (PCA 0.939).""",
     "training": """stochastic_transform : bool, default=False
         If True, ``transform`` returns one draw from the posterior (seeded, the same at every
         call) instead of its mean.

@@ -236,12 +236,14 @@ def conv_decoder(
     *,
     generator: torch.Generator,
     start: Tensor | None = None,
-) -> nn.Sequential:
+    linear_path: bool = False,
+) -> nn.Module:
     """The mirror of :func:`conv_encoder`: a linear layer from ``in_dim`` latent (and
     condition) values to the smallest feature map, transposed convolutions that double every
     side, a last one to the input's channels (the likelihood's location), cropped to the
     input's shape, plus a learned :class:`Offset` of the input's shape started at ``start``
-    (zeros by default)."""
+    (zeros by default); with ``linear_path``, plus a linear map of its input
+    (:class:`WithLinearPath`)."""
     out_channels, *spatial = sample_shape
     depth = conv_depth(spatial, len(channels))
     widths = list(channels[:depth])[::-1]
@@ -262,7 +264,29 @@ def conv_decoder(
             layers.append(_relu())
     layers.append(CropTo(spatial))
     layers.append(Offset(torch.zeros(sample_shape) if start is None else start))
-    return nn.Sequential(*layers)
+    decoder = nn.Sequential(*layers)
+    return WithLinearPath(decoder, in_dim, sample_shape) if linear_path else decoder
+
+
+class WithLinearPath(nn.Module):
+    """A decoder plus a linear map of its input, :math:`f(z) = g(z) + W_z z`, with
+    :math:`W_z z` shaped as one sample and :math:`W_z` started at zero (the decoder starts as
+    ``body``).
+
+    The path is a principal-component-like reading of the latents: a fixed pattern per latent
+    at every voxel, which a convolutional decoder, built to draw shapes anywhere in the
+    volume, represents poorly.
+    """
+
+    def __init__(self, body: nn.Module, in_dim: int, sample_shape: Sequence[int]):
+        super().__init__()
+        self.body = body
+        self.sample_shape = tuple(sample_shape)
+        self.path = nn.Linear(in_dim, math.prod(sample_shape), bias=False)
+        nn.init.zeros_(self.path.weight)
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.body(z) + self.path(z).unflatten(-1, self.sample_shape)
 
 
 def output_width(module: nn.Module, example: Tensor, name: str) -> int:

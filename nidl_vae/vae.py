@@ -300,9 +300,13 @@ def build_vae_module(
     # the decoder's output for the mean sample, where every default decoder starts (see
     # networks.mlp; through transposed convolutions the mean image alone took 100 epochs)
     start = output_for_mean(estimator.decoder_dist, mean)
+    # 'auto': the path on the convolutional decoder only (see the parameter's documentation)
+    linear_path = images if estimator.linear_path == "auto" else estimator.linear_path
     if estimator.decoder is None and images:
-        decoder = conv_decoder(X.shape[1:], channels, in_dim, generator=generator, start=start)
-    elif estimator.decoder is None and estimator.linear_path:
+        decoder = conv_decoder(
+            X.shape[1:], channels, in_dim, generator=generator, start=start, linear_path=linear_path
+        )
+    elif estimator.decoder is None and linear_path:
         decoder = mlp_with_linear_path(
             in_dim, hidden[::-1], n_features, start=start, generator=generator
         )
@@ -414,7 +418,7 @@ class VAE(BaseVAEEstimator):
         "decoder": [nn.Module, None],
         "encoder_out_dim": [Interval(Integral, 1, None, closed="left"), None],
         "conv_channels": [tuple, list],
-        "linear_path": ["boolean"],
+        "linear_path": ["boolean", StrOptions({"auto"})],
         "n_train_draws": [Interval(Integral, 1, None, closed="left")],
         "decoder_dist": [StrOptions({"normal", "laplace", "bernoulli"})],
         "decoder_scale": BaseVAEEstimator._scale_constraint,
@@ -429,7 +433,7 @@ class VAE(BaseVAEEstimator):
         latent_dim: int = 10,
         hidden_layer_sizes: tuple[int, ...] = (256, 128),
         conv_channels: tuple[int, ...] = (8, 16, 32, 64),
-        linear_path: bool = False,
+        linear_path: bool | str = "auto",
         beta: float = 1.0,
         n_train_draws: int = 1,
         decoder_dist: str = "normal",
