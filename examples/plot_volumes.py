@@ -11,7 +11,7 @@ The cohort is synthetic, built from nilearn's bundled MNI152 template at 6 mm
 regions, smooth subject variation and noise. Forty more subjects carry a lesion.
 
 1. ``VAE().fit(volumes)``: 4 latents per subject read age as well as 4 principal components,
-   with about 100,000 parameters (the MLP on the masked voxels has 4.5 million); decoding the
+   with about 200,000 parameters (the MLP on the masked voxels has 4.5 million); decoding the
    mean latent of 30- and of 70-year-olds draws the ageing effect.
 2. ``CVAE().fit(volumes, conditions=age)`` is a normative model of whole volumes (1-D ages
    are one covariate): a subject's ``score_samples`` (the ELBO of its volume given its age)

@@ -84,8 +84,10 @@ SHARED_DOCS = {
         column per condition). 'auto' gives it to the convolutional decoder of images and
         volumes and not to the MLP. Measured with 4 latents: on 300 brains built from the
         MNI152 template at 6 mm as volumes (``benchmarks/bench_volumes.py``), the
-        convolutional VAE's latents read age at R^2 XXX with it and YYY without (seeds 0-4;
-        PCA 0.932): transposed convolutions draw shapes anywhere in the volume and spent the
+        convolutional VAE's latents read age at R^2 0.928-0.961 with it (median 0.946)
+        and 0.787-0.935 without (median 0.905) over seeds 0-4 (PCA 0.932), and the decoded
+        change from 30 to 70 years correlates 0.989-0.990 with the planted one (without:
+        0.721-0.981): transposed convolutions draw shapes anywhere in the volume and spent the
         latents on the subjects' smooth variation, while the path draws a fixed pattern per
         latent, as the planted effect is. With the MLP (``bench_scale.py --only defaults``), on
         the same brains masked (8,735 voxels) 0.940 with it and 0.938 without; on 500
