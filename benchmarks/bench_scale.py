@@ -296,7 +296,7 @@ def decoder_passes(vae: VAE, n_rows: int, K: int) -> None:
     z = torch.randn(nidl_vae.module.DECODE_ROWS, vae.latent_dim)
     with torch.no_grad():
         for _ in range(-(-n_rows * K // len(z))):
-            vae.module_.decoder(z)
+            vae.module_.model.decoder(z)
 
 
 def against_the_loop(vae: VAE, rows: np.ndarray, what: str, n_pairs: int) -> None:

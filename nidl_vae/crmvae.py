@@ -32,40 +32,28 @@ from sklearn.base import _fit_context
 from sklearn.utils._param_validation import StrOptions
 from torch import Tensor, nn
 
-from .base import (
-    BaseVAEEstimator,
-    check_layer_sizes,
-    check_positive_int,
-    fill_shared_docs,
-    private_copy,
-)
+from .base import BaseVAEEstimator, check_layer_sizes, check_positive_int
 from .data import Rows, check_finite, iter_chunks, moments
-from .distributions import DECODER_DISTS, DecoderLikelihood, check_data_fits, output_for_mean
-from .missing import FilledInput
-from .module import BaseVAEModule
-from .networks import GaussianEncoder, mlp, output_width
-from .objectives import (
-    gaussian_kl,
-    product_of_experts,
-    reparameterize,
-    standard_normal_log_density,
-)
+from .distributions import DECODER_DISTS, DecoderLikelihood, check_data_fits
+from .docstrings import fill_shared_docs
+from .latent_model import Batch, DrawLikelihood, Gaussian, LatentModel, Noise
+from .networks import Networks, build_networks
+from .objectives import product_of_experts
 
 
-class CRMVAEModule(BaseVAEModule):
-    """The CRMVAE's math as a LightningModule (see the module docstring for the loss).
+class CRMVAEModel(LatentModel):
+    """The CRMVAE's math (see the module docstring for the loss).
 
-    A batch is ``(x, observed)``: ``x`` holds every modality's columns side by side (NaN where
-    a value, or a whole modality, is missing) and ``observed`` (n_rows, M) is 1 where a
-    modality has at least one value. A missing modality's encoder and decoder get no gradient
-    from that row; within an observed one, the likelihood runs over the observed cells.
+    A batch holds ``x``, every modality's columns side by side (NaN where a value, or a whole
+    modality, is missing) and ``observed`` (n_rows, M), 1 where a modality has at least one
+    value. A missing modality's encoder and decoder get no gradient from that row; within an
+    observed one, the likelihood runs over the observed cells.
 
     Parameters
     ----------
-    encoders : list of GaussianEncoder
-        One expert :math:`q_m(z|x_m)` per modality.
-    decoders : list of nn.Module
-        One per modality, mapping z to the location (or logits) of :math:`p(x_m|z)`.
+    networks : list of Networks
+        Each modality's expert :math:`q_m(z|x_m)` (with what it reads of missing cells) and
+        decoder (:func:`~nidl_vae.networks.build_networks`).
     likelihoods : list of DecoderLikelihood
     widths : list of int
         Columns of each modality, in order.
@@ -73,123 +61,104 @@ class CRMVAEModule(BaseVAEModule):
         :math:`r_m`, the weight of modality m's reconstruction terms.
     beta : float
         Weight of the KL terms.
-    lr, weight_decay, max_epochs, seed
-        See :class:`~nidl_vae.module.BaseVAEModule`.
-    encoder_inputs : list of FilledInput, optional
-        What each expert reads of its block's missing cells (see :mod:`~nidl_vae.missing`);
-        by default NaN cells read as 0.
     """
+
+    # the CRMVAE imputes with the plain mean over draws of q_J, as its paper does: on digit
+    # halves, importance weights erred 3-8% more (seeds 0-2,
+    # benchmarks/bench_crmvae_imputation.py), where for the VAE they err a quarter less
+    imputes_by_importance = False
 
     def __init__(
         self,
-        encoders: list[GaussianEncoder],
-        decoders: list[nn.Module],
+        networks: list[Networks],
         likelihoods: list[DecoderLikelihood],
         widths: list[int],
         rescale_factors: list[float],
         beta: float,
-        lr: float,
-        weight_decay: float,
-        max_epochs: int,
-        seed: int = 0,
-        encoder_inputs: list[FilledInput] | None = None,
     ):
-        super().__init__(("loss", "reconstruction", "kl"), lr, weight_decay, max_epochs, seed)
-        if encoder_inputs is None:
-            encoder_inputs = [FilledInput(torch.zeros(w), with_mask=False) for w in widths]
-        self.encoders = nn.ModuleList(encoders)
-        self.decoders = nn.ModuleList(decoders)
+        super().__init__()
+        self.encoders = nn.ModuleList(n.encoder for n in networks)
+        self.decoders = nn.ModuleList(n.decoder for n in networks)
         self.likelihoods = nn.ModuleList(likelihoods)
-        self.encoder_inputs = nn.ModuleList(encoder_inputs)
+        self.encoder_inputs = nn.ModuleList(n.encoder_input for n in networks)
         bounds = np.cumsum([0, *widths]).tolist()
         self.blocks = list(zip(bounds[:-1], bounds[1:], strict=True))
         self.register_buffer("rescale_factors", torch.tensor(rescale_factors, dtype=torch.float32))
         self.beta = beta
         self.pi = 1.0 / (len(widths) + 1)
+        self.latent_dim = self.encoders[0].mu.out_features
 
     def _block(self, x: Tensor, m: int) -> Tensor:
         start, stop = self.blocks[m]
         return x[..., start:stop]
 
-    def experts(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def experts(self, x: Tensor) -> Gaussian:
         """Every modality's expert on every row: means and log-variances of shape (M, B, D)."""
         params = [
             encoder(self.encoder_inputs[m](self._block(x, m)))
             for m, encoder in enumerate(self.encoders)
         ]
-        return torch.stack([mu for mu, _ in params]), torch.stack([lv for _, lv in params])
+        return Gaussian(
+            torch.stack([mu for mu, _ in params]), torch.stack([lv for _, lv in params])
+        )
 
     def modality_log_prob(self, x: Tensor, z: Tensor, m: int) -> Tensor:
         """:math:`\\log p(x_m|z)` for latents ``z`` of shape (..., B, D): shape (..., B)."""
         out = self.decoders[m](z.reshape(-1, z.shape[-1])).reshape(*z.shape[:-1], -1)
         return self.likelihoods[m].log_prob(self._block(x, m), out)
 
-    def loss_terms(self, batch: tuple[Tensor, ...]) -> Tensor:
-        x, observed = batch
-        observed = observed.T.bool()  # (M, B)
-        mu, logvar = self.experts(x)
-        mu_joint, logvar_joint = product_of_experts(mu, logvar, observed)
-        z_joint = reparameterize(mu_joint, logvar_joint, self.standard_normal(mu_joint))
-        z_single = reparameterize(mu, logvar, self.standard_normal(mu))
+    def loss_terms(self, batch: Batch, noise: Noise) -> dict[str, Tensor]:
+        x, observed = batch["x"], batch["observed"].T.bool()  # (M, B)
+        experts = self.experts(x)
+        joint = Gaussian(*product_of_experts(*experts, observed))
+        z_joint = joint.sample(noise(joint.mu.shape, joint.mu))
+        z_single = experts.sample(noise(experts.mu.shape, experts.mu))
         reconstruction = x.new_zeros(len(x))
-        kl = gaussian_kl(mu_joint, logvar_joint)
+        kl = joint.kl(None)
         for m in range(len(self.blocks)):
             # the joint and the unimodal draw go through the decoder in one pass
             nll = -self.modality_log_prob(x, torch.stack([z_joint, z_single[m]]), m).sum(0)
             reconstruction = reconstruction + torch.where(
                 observed[m], self.rescale_factors[m] * nll, 0.0
             )
-            kl = kl + torch.where(
-                observed[m], gaussian_kl(mu_joint, logvar_joint, mu[m], logvar[m]), 0.0
-            )
+            expert = Gaussian(experts.mu[m], experts.logvar[m])
+            kl = kl + torch.where(observed[m], joint.kl(expert), 0.0)
         reconstruction, kl = self.pi * reconstruction.mean(), self.pi * kl.mean()
-        return torch.stack([reconstruction + self.beta * kl, reconstruction, kl])
+        return {"loss": reconstruction + self.beta * kl, "reconstruction": reconstruction, "kl": kl}
 
-    def encode_step(self, batch: tuple[Tensor, ...]) -> tuple[Tensor, Tensor]:
+    def posterior(self, batch: Batch) -> Gaussian:
         """The joint posterior :math:`q_J` of the modalities marked observed in the batch."""
-        x, observed = batch
-        return product_of_experts(*self.experts(x), observed.T.bool())
+        return Gaussian(*product_of_experts(*self.experts(batch["x"]), batch["observed"].T.bool()))
 
-    def log_weight_terms(self, batch: tuple[Tensor, ...]):
-        r"""The observed modalities' joint: :math:`q_J` as posterior and proposal,
-        :math:`\sum_m \delta_m \log p(x_m|z)` and the :math:`N(0, I)` prior."""
-        x, observed = batch
-        mu, logvar = self.encode_step(batch)
-        observed = observed.T.bool()
-
-        def log_lik(z: Tensor) -> Tensor:
-            terms = [
-                torch.where(observed[m], self.modality_log_prob(x, z, m), 0.0)
-                for m in range(len(self.blocks))
-            ]
-            return torch.stack(terms).sum(0)
-
-        return mu, logvar, gaussian_kl(mu, logvar), log_lik, standard_normal_log_density
-
-    def weights_and_means(self, batch: tuple[Tensor, ...]):
-        """:math:`q_J` of the observed modalities, and the function mapping latent draws to
-        equal log weights and every modality's decoded means.
-
-        The CRMVAE imputes with the plain mean over draws of :math:`q_J`, as its paper does:
-        on digit halves, importance weights erred 3-8% more (seeds 0-2,
-        ``benchmarks/bench_crmvae_imputation.py``), where for the VAE they err a quarter less.
-        """
-        mu, logvar = self.encode_step(batch)
-
-        def weights(z: Tensor) -> tuple[Tensor, Tensor]:
-            means = self.decode_step((z.flatten(0, 1),)).unflatten(0, z.shape[:2])
-            return z.new_zeros(z.shape[:2]), means
-
-        return mu, logvar, weights
-
-    def decode_step(self, batch: tuple[Tensor, ...]) -> Tensor:
+    def decode(self, batch: Batch) -> Tensor:
         """Every modality's decoded mean, side by side, for each latent row."""
-        (z,) = batch[:1]
+        z = batch["z"]
         means = [
-            likelihood.mean(decoder(z).flatten(1))
+            likelihood.mean(decoder(z.flatten(0, -2)).flatten(1)).unflatten(0, z.shape[:-1])
             for decoder, likelihood in zip(self.decoders, self.likelihoods, strict=True)
         ]
-        return torch.cat(means, 1)
+        return torch.cat(means, -1)
+
+    def draw_likelihood(self, batch: Batch) -> "CRMVAEDrawLikelihood":
+        return CRMVAEDrawLikelihood(self, batch["x"], batch["observed"].T.bool())
+
+
+class CRMVAEDrawLikelihood(DrawLikelihood):
+    """:math:`\\sum_m \\delta_m \\log p(x_m|z)`, the observed modalities' joint likelihood."""
+
+    def __init__(self, model: CRMVAEModel, x: Tensor, observed: Tensor):
+        self.model, self.x, self.observed = model, x, observed
+
+    def log_prob(self, z: Tensor) -> Tensor:
+        terms = [
+            torch.where(self.observed[m], self.model.modality_log_prob(self.x, z, m), 0.0)
+            for m in range(len(self.model.blocks))
+        ]
+        return torch.stack(terms).sum(0)
+
+    def log_prob_and_means(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        # imputation weighs the CRMVAE's draws equally: the log-likelihood is not needed
+        return z.new_zeros(z.shape[:-1]), self.model.decode({"z": z})
 
 
 def _require_any(observed: np.ndarray, problem: str, fix: str) -> np.ndarray:
@@ -438,7 +407,7 @@ class CRMVAE(BaseVAEEstimator):
         if reset:
             self.modalities_ = self._resolve_modalities(self.n_features_in_)
         mask, partial, stats = self._scan_modalities(X, with_moments=reset)
-        return Rows(X, [mask]), mask, partial, stats
+        return Rows(X, {"observed": mask}), mask, partial, stats
 
     def _select(self, names, param: str) -> np.ndarray:
         """Boolean mask over the modalities for one name or a list of names."""
@@ -517,7 +486,7 @@ class CRMVAE(BaseVAEEstimator):
         observed = np.ones((2, len(self.modalities_)), dtype=bool)
         units = dict.fromkeys(self.modalities_, 1.0)
         stats = {"units": units, "observed": observed, "mean": X[0]}
-        return Rows(X, [observed]), stats
+        return Rows(X, {"observed": observed}), stats
 
     def _restore_derived(self) -> None:
         self._encoders = self._networks("encoders")
@@ -558,53 +527,41 @@ class CRMVAE(BaseVAEEstimator):
             )
         return {name: float(v) for name, v in factors.items()}
 
-    def _build_module(self, rows, stats, generator, seed) -> CRMVAEModule:
+    def _build_model(self, rows, stats, generator) -> CRMVAEModel:
         hidden = check_layer_sizes(self.hidden_layer_sizes)
         observed = stats["observed"]
-        experts, decoder_nets, likelihoods, encoder_inputs = [], [], [], []
+        networks, likelihoods = [], []
         for m, (name, (start, stop)) in enumerate(self.modalities_.items()):
-            width = stop - start
             example_rows = np.flatnonzero(observed[:, m])[:2]
-            fill = torch.as_tensor(stats["mean"][start:stop], dtype=torch.float32)
-            encoder_inputs.append(FilledInput(fill, self.encoder_reads_mask_[name]))
-            block = encoder_inputs[-1](rows.read(example_rows)[0][:, start:stop])
-            if self._encoders[name] is None:
-                backbone = mlp(block.shape[1], hidden, generator=generator, n_conditions=0)
-            else:
-                backbone = private_copy(self._encoders[name])
-            out_dim = output_width(backbone, block, f"encoder of modality {name!r}")
-            experts.append(GaussianEncoder(backbone, out_dim, self.latent_dim, generator=generator))
-            if self._decoders[name] is None:
-                mean = output_for_mean(self._dists[name], fill)
-                decoder = mlp(self.latent_dim, hidden[::-1], width, generator=generator, start=mean)
-            else:
-                decoder = private_copy(self._decoders[name])
-            out = output_width(
-                decoder, torch.zeros(2, self.latent_dim), f"decoder of modality {name!r}"
-            )
-            if out != width:
-                raise ValueError(
-                    f"The decoder of modality {name!r} outputs {out} values per latent row, "
-                    f"but the modality has {width} columns."
+            networks.append(
+                build_networks(
+                    rows.read(example_rows)["x"][:, start:stop],
+                    n_conditions=0,
+                    latent_dim=self.latent_dim,
+                    hidden_layer_sizes=hidden,
+                    conv_channels=(),
+                    linear_path=False,
+                    dist=self._dists[name],
+                    mean=torch.as_tensor(stats["mean"][start:stop], dtype=torch.float32),
+                    with_mask=self.encoder_reads_mask_[name],
+                    generator=generator,
+                    encoder=self._encoders[name],
+                    decoder=self._decoders[name],
+                    where=f" of modality {name!r}",
+                    heads_first=True,
                 )
-            decoder_nets.append(decoder)
+            )
             likelihoods.append(
                 DecoderLikelihood(
-                    self._dists[name], self._scales[name], width, stats["units"][name]
+                    self._dists[name], self._scales[name], stop - start, stats["units"][name]
                 )
             )
-        return CRMVAEModule(
-            encoders=experts,
-            decoders=decoder_nets,
-            likelihoods=likelihoods,
-            encoder_inputs=encoder_inputs,
+        return CRMVAEModel(
+            networks,
+            likelihoods,
             widths=[stop - start for start, stop in self.modalities_.values()],
             rescale_factors=list(self.rescale_factors_.values()),
             beta=self.beta,
-            lr=self.lr,
-            weight_decay=self.weight_decay,
-            max_epochs=stats["max_epochs"],
-            seed=seed,
         )
 
     # ------------------------------------------------------------------ inference
@@ -630,7 +587,7 @@ class CRMVAE(BaseVAEEstimator):
                 "has none of the chosen modalities",
                 "Choose modalities it has.",
             )
-            rows = Rows(rows.X, [observed])
+            rows = rows.with_aligned(observed=observed)
         return self._encode(rows, self._output_dtype(X))
 
     def _prediction_rows(self, X) -> Rows:
@@ -679,7 +636,7 @@ class CRMVAE(BaseVAEEstimator):
             index = np.flatnonzero(valid)
 
             def estimate(mask: np.ndarray) -> np.ndarray:
-                subset = Rows(rows.X, [mask], indices=index)
+                subset = rows.with_aligned(observed=mask).subset(index)
                 return self._importance_weighted(subset, n_importance)
 
             out[valid] = estimate(given_mask | is_target) - estimate(given_mask)

@@ -12,10 +12,11 @@ standardised):
     + \\beta\\, KL(q_\\phi(z \\mid x, c) \\,\\|\\, p_\\psi(z \\mid c))
 
 The prior :math:`p_\\psi(z|c) = N(\\mu_\\psi(c), \\mathrm{diag}\\, s^2_\\psi(c))` is learned
-(``prior_network``) or :math:`N(0, I)`. The math lives in :class:`nidl_vae.vae.VAEModule`,
-which a batch ``(x, c)`` makes conditional.
+(``prior_network``) or :math:`N(0, I)`. The math lives in :class:`nidl_vae.vae.VAEModel`,
+which a batch with conditions ``c`` makes conditional.
 """
 
+import copy
 from numbers import Integral
 
 import numpy as np
@@ -26,17 +27,12 @@ from sklearn.utils.multiclass import type_of_target
 from sklearn.utils.validation import check_array, check_is_fitted
 from torch import nn
 
-from .base import (
-    BaseVAEEstimator,
-    check_positive_int,
-    fill_shared_docs,
-    private_copy,
-)
+from .base import BaseVAEEstimator, check_positive_int
 from .data import Rows, n_rows
 from .distributions import DECODER_DISTS
+from .docstrings import fill_shared_docs
 from .networks import GaussianEncoder, mlp, output_width
-from .objectives import reparameterize
-from .vae import VAEModule, build_vae_module, training_statistics
+from .vae import VAEModel, build_vae_model, training_statistics
 
 _HOW_TO_ROUTE = (
     "{name}.{method} needs the conditions: call {method}(..., conditions=c), one label or "
@@ -285,11 +281,7 @@ class CVAE(BaseVAEEstimator):
         if conditions is None:
             self._encode_conditions(None, None, method)
         rows = self._inference_rows(X)
-        return Rows(
-            rows.X,
-            [self._encode_conditions(conditions, len(rows), method)],
-            check=rows.check,
-        )
+        return rows.with_aligned(c=self._encode_conditions(conditions, len(rows), method))
 
     # ------------------------------------------------------------------ fit
     @_fit_context(prefer_skip_nested_validation=True)
@@ -323,15 +315,17 @@ class CVAE(BaseVAEEstimator):
             )
         X = self._validate_X(X, reset=True)
         C = self._encode_conditions(conditions, n_rows(X), "fit")
-        return Rows(X, [C]), training_statistics(self, X)
+        stats = training_statistics(X, self._scan(X), self.decoder_dist)
+        self.encoder_reads_mask_ = stats["missing"] and self.encoder is None
+        return Rows(X, {"c": C}), stats
 
     def _placeholder_training(self) -> tuple[Rows, dict]:
         rows, stats = super()._placeholder_training()
         width = len(self.classes_) if self._conditions_are_labels else len(self.covariate_mean_)
-        return Rows(rows.X, [np.zeros((len(rows), width), dtype=np.float32)]), stats
+        return rows.with_aligned(c=np.zeros((len(rows), width), dtype=np.float32)), stats
 
-    def _build_module(self, rows, stats, generator, seed) -> VAEModule:
-        n_cond = rows.aligned[0].shape[1]
+    def _build_model(self, rows, stats, generator) -> VAEModel:
+        n_cond = rows.aligned["c"].shape[1]
         prior = None
         if self.prior_network == "mlp":
             width = tuple(self.hidden_layer_sizes)[-1:] or (n_cond,)
@@ -342,11 +336,11 @@ class CVAE(BaseVAEEstimator):
                 generator=generator,
             )
         elif self.prior_network is not None:
-            backbone = private_copy(self.prior_network)
-            example = torch.from_numpy(rows.aligned[0][:2])
+            backbone = copy.deepcopy(self.prior_network)
+            example = torch.from_numpy(rows.aligned["c"][:2])
             width = output_width(backbone, example, "prior_network")
             prior = GaussianEncoder(backbone, width, self.latent_dim, generator=generator)
-        return build_vae_module(self, rows, stats, generator, seed, prior=prior)
+        return build_vae_model(self, rows, stats, generator, prior=prior)
 
     def fit_transform(self, X, y=None, *, conditions=None) -> np.ndarray:
         """Fit, then encode X given the same conditions (both halves get them).
@@ -408,7 +402,7 @@ class CVAE(BaseVAEEstimator):
         """
         Z = self._validate_Z(Z)
         C = self._encode_conditions(conditions, len(Z), "inverse_transform")
-        return self._decode([Z, C], Z.dtype)
+        return self._decode(Z, Z.dtype, c=C)
 
     def sample(self, n_samples: int = 1, *, conditions=None, random_state=None) -> np.ndarray:
         """Generate ``n_samples`` rows per row of conditions: :math:`z \\sim p(z|c)`, then the
@@ -431,10 +425,8 @@ class CVAE(BaseVAEEstimator):
         check_is_fitted(self)
         check_positive_int(n_samples, "n_samples")
         C = np.repeat(self._encode_conditions(conditions, None, "sample"), n_samples, axis=0)
-        mu, logvar = self._infer(self.module_.prior_step, Rows(C))
-        generator = torch.Generator().manual_seed(self._sample_seed(random_state))
-        z = reparameterize(mu, logvar, torch.randn(mu.shape, generator=generator))
-        return self._decode([z.numpy(), C], np.float32)
+        z = self._prior_draws(len(C), random_state, c=C)
+        return self._decode(z, np.float32, c=C)
 
     def score_samples(self, X, *, conditions=None, n_draws: int = 10) -> np.ndarray:
         """Per-sample ELBO of :math:`\\log p(x|c)` at beta = 1, in nats.

@@ -7,7 +7,7 @@ accumulated in float64 over chunks of rows.
 """
 
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -153,21 +153,23 @@ def iter_chunks(X, rows: Sequence[int] | None = None) -> Iterator[np.ndarray]:
 
 
 class Rows(Dataset):
-    """Rows of X with aligned in-memory arrays (conditions, masks), as float32 tensors.
+    """Rows of X with aligned in-memory arrays (conditions, masks, noise), as a batch: a dict
+    of float32 tensors named by what they hold (see :mod:`nidl_vae.latent_model`), with each
+    row's position under ``"index"``.
 
-    A DataLoader calls ``__getitems__`` with a batch of indices: X is read once per batch
-    (sorted indices; order within a batch does not matter to a gradient step) and ``prepare``
-    turns the raw rows into the tensors a module's step takes (by default the rows alone).
+    A DataLoader calls ``__getitems__`` with a batch of positions: X is read once per batch
+    (sorted indices; order within a batch does not matter to a gradient step, and ``"index"``
+    says where each row goes at inference).
 
     Parameters
     ----------
     X : ndarray, array-like that slices rows (memory map, h5py, zarr), or Dataset of samples
-    aligned : sequence of ndarray
-        Arrays with one row per row of X, kept in memory.
+    aligned : dict of str to ndarray
+        Arrays with one row per row of X, kept in memory, under their batch names.
+    name : str, default='x'
+        The batch name of X's rows ('z' for latent rows to decode, 'c' for conditions alone).
     indices : ndarray, optional
         The rows of X this dataset holds (a training or validation subset); all by default.
-    prepare : callable, optional
-        Maps the raw rows (NumPy, X's float type) to a tuple of arrays.
     check : str, optional
         Check each batch read for infinite values, naming this estimator in the error: for
         streamed X at inference, whose values nothing else has checked.
@@ -176,54 +178,56 @@ class Rows(Dataset):
     def __init__(
         self,
         X,
-        aligned: Sequence[np.ndarray] = (),
+        aligned: dict[str, np.ndarray] | None = None,
+        name: str = "x",
         indices: np.ndarray | None = None,
-        prepare: Callable[[np.ndarray], tuple[np.ndarray, ...]] | None = None,
         check: str | None = None,
     ):
         self.X = X
-        self.aligned = tuple(aligned)
+        self.aligned = dict(aligned or {})
+        self.name = name
         self.indices = indices
-        self.prepare = prepare
         self.check = check
 
     def __len__(self) -> int:
         return n_rows(self.X) if self.indices is None else len(self.indices)
 
-    def subset(self, indices: np.ndarray) -> "Rows":
-        held = indices if self.indices is None else self.indices[indices]
-        return Rows(self.X, self.aligned, held, self.prepare, self.check)
+    def subset(self, positions: np.ndarray) -> "Rows":
+        """The rows at these (sorted) positions."""
+        held = positions if self.indices is None else self.indices[positions]
+        return Rows(self.X, self.aligned, self.name, held, self.check)
 
-    def __getitem__(self, index):
-        return self.__getitems__([index])
+    def with_aligned(self, **arrays: np.ndarray) -> "Rows":
+        """These rows with more aligned arrays (one row per row of X), or some replaced."""
+        return Rows(self.X, {**self.aligned, **arrays}, self.name, self.indices, self.check)
 
-    def __getitems__(self, indices) -> tuple[Tensor, ...]:
-        index = np.sort(np.asarray(indices, dtype=np.int64))
-        if self.indices is not None:
-            index = self.indices[index]
-        return self.read(index)
+    def __getitem__(self, position):
+        return self.__getitems__([position])
 
-    def read(self, index: np.ndarray | slice) -> tuple[Tensor, ...]:
-        """The tensors of the rows ``index`` of X (sorted indices or a slice)."""
+    def __getitems__(self, positions) -> dict[str, Tensor]:
+        positions = np.sort(np.asarray(positions, dtype=np.int64))
+        index = positions if self.indices is None else self.indices[positions]
+        batch = self.read(index)
+        batch["index"] = torch.from_numpy(positions)
+        return batch
+
+    def read(self, index: np.ndarray | slice) -> dict[str, Tensor]:
+        """The tensors of the rows ``index`` of X (sorted indices or a slice), without
+        positions."""
         raw = read_rows(self.X, index)
         if self.check is not None:
             check_finite(raw, self.check)
-        arrays = self.prepare(raw) if self.prepare is not None else (raw,)
-        arrays = (*arrays, *(a[index] for a in self.aligned))
-        return tuple(torch.from_numpy(_own_float32(a)) for a in arrays)
+        arrays = {self.name: raw, **{k: a[index] for k, a in self.aligned.items()}}
+        return {k: torch.from_numpy(_own_float32(a)) for k, a in arrays.items()}
 
-    def batches(self, batch_rows: int) -> Iterator[tuple[Tensor, ...]]:
-        """Consecutive batches of rows, in order (for inference)."""
-        for start in range(0, len(self), batch_rows):
-            stop = min(start + batch_rows, len(self))
-            index = slice(start, stop) if self.indices is None else self.indices[start:stop]
-            yield self.read(index)
+    def first(self, n: int = 2) -> dict[str, Tensor]:
+        """The first ``n`` rows (for sizing networks)."""
+        return self.read(slice(0, n) if self.indices is None else self.indices[:n])
 
     @property
     def n_features(self) -> int:
         """Values per sample of X (the product of an image's shape)."""
-        first = self.read(slice(0, 1) if self.indices is None else self.indices[:1])[0]
-        return int(first[0].numel())
+        return int(self.first(1)[self.name][0].numel())
 
 
 def _own_float32(a: np.ndarray) -> np.ndarray:
@@ -238,14 +242,15 @@ class DeviceRows(Dataset):
 
     def __init__(self, rows: Rows, device: torch.device):
         whole = rows.read(slice(None) if rows.indices is None else rows.indices)
-        self.tensors = tuple(t.to(device) for t in whole)
+        self.tensors = {k: t.to(device) for k, t in whole.items()}
 
     def __len__(self) -> int:
-        return len(self.tensors[0])
+        return len(next(iter(self.tensors.values())))
 
-    def __getitems__(self, indices) -> tuple[Tensor, ...]:
-        index = torch.as_tensor(indices, device=self.tensors[0].device)
-        return tuple(t[index] for t in self.tensors)
+    def __getitems__(self, positions) -> dict[str, Tensor]:
+        device = next(iter(self.tensors.values())).device
+        index = torch.as_tensor(positions, device=device)
+        return {**{k: t[index] for k, t in self.tensors.items()}, "index": index}
 
 
 def _keep_batch(batch):
@@ -254,32 +259,25 @@ def _keep_batch(batch):
 
 
 def make_loader(
-    rows: Dataset,
-    batch_size: int,
-    shuffle: bool,
-    seed: int,
-    num_workers: int = 0,
-    pin_memory: bool = False,
+    rows: Dataset, batch_size: int, shuffle: bool, seed: int, pin_memory: bool = False
 ) -> DataLoader:
-    """A DataLoader over ``rows``, its shuffling and worker seeds drawn from its own generator
-    (never from torch's global one)."""
+    """A DataLoader over ``rows``, its shuffling drawn from its own generator (never from
+    torch's global one)."""
     return DataLoader(
         rows,
         batch_size=batch_size,
         shuffle=shuffle,
         generator=torch.Generator().manual_seed(seed),
         collate_fn=_keep_batch,
-        num_workers=num_workers,
-        persistent_workers=num_workers > 0,
         pin_memory=pin_memory,
     )
 
 
-def pad_rows(batch: tuple[Tensor, ...], block: int = ROW_BLOCK):
+def pad_rows(batch: dict[str, Tensor], block: int = ROW_BLOCK) -> tuple[dict[str, Tensor], int]:
     """Zero rows appended to fill the batch's last block of ``block`` rows, and the true
     number of rows."""
-    n = len(batch[0])
+    n = len(next(iter(batch.values())))
     missing = -n % block
     if not missing:
         return batch, n
-    return tuple(torch.cat([t, t.new_zeros(missing, *t.shape[1:])]) for t in batch), n
+    return {k: torch.cat([t, t.new_zeros(missing, *t.shape[1:])]) for k, t in batch.items()}, n

@@ -84,6 +84,9 @@ class _HalfSquaredResidual(torch.autograd.Function):
     def backward(ctx, grad: Tensor):
         x, loc, inv_scale, missing = ctx.saved_tensors
         r = _HalfSquaredResidual._residual(x, loc, inv_scale, missing)
+        # under mixed precision the incoming gradient may be half precision; autograd casts
+        # the returned gradients to their inputs' types
+        grad = grad.to(r.dtype)
         g = grad.unsqueeze(-1)
         grad_inv = None
         if ctx.needs_input_grad[2]:

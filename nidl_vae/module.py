@@ -1,10 +1,12 @@
-"""The LightningModule side shared by every model: the steps a model writes, its own noise
-generator, loss bookkeeping, history and optimizer.
+"""The Lightning side, one LightningModule for every model: its steps, noise, history and
+optimizer around a model's math (a :class:`~nidl_vae.latent_model.LatentModel`).
 
-A model's module subclasses :class:`BaseVAEModule` and writes its math in the abstract
-methods: ``loss_terms`` (the batch means of the loss and its parts), ``encode_step``
-(posterior parameters), ``decode_step`` (decoded means), and the per-draw log-weights that
-``elbo_step`` and ``log_likelihood_step`` reduce over latent draws.
+``training_step`` and ``validation_step`` train the model's loss; ``transform_step`` encodes
+(the posterior mean, or a draw from it); ``predict_step`` serves every inference method of the
+estimators through ``Trainer.predict``: it runs the :class:`Prediction` the estimator set
+(encode, decode, a prior draw, the ELBO, the importance-weighted likelihood, imputation) and
+returns each row's result with its position, so that rows predicted on several processes are
+put back in order.
 
 Training noise comes from a generator the module owns, seeded by the estimator, so fits
 running in several threads neither disturb nor depend on one another. Per-epoch means of the
@@ -13,17 +15,16 @@ buffers: unlike Python lists, buffers come back from spawned processes with the 
 """
 
 import math
-from abc import ABC, abstractmethod
-from collections.abc import Callable
+from dataclasses import dataclass
 
 import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
-from .objectives import LOG_2PI
+from .data import pad_rows
+from .latent_model import Batch, Gaussian, LatentModel
+from .objectives import LOG_2PI, log_mean_exp, standard_normal_log_density
 from .optim import RowwiseAdam, optimizer_for
-
-LatentTerms = Callable[[Tensor], Tensor]
 
 # Latent rows decoded at once by the inference steps: as many as keep the decoder's activations
 # in cache (4,096 rows decode 1.4x faster than 65,536 on digits), fewer when the rows are so
@@ -31,6 +32,8 @@ LatentTerms = Callable[[Tensor], Tensor]
 # ``python benchmarks/bench_scale.py --only inference`` sweeps it.
 DECODE_ROWS = 4096
 DECODE_VALUES = 2**24
+
+PREDICTIONS = ("transform", "decode", "prior_draw", "elbo", "log_likelihood", "impute")
 
 
 def draws_per_chunk(batch_rows: int, n_features: int) -> int:
@@ -40,57 +43,63 @@ def draws_per_chunk(batch_rows: int, n_features: int) -> int:
     return max(1, rows // batch_rows)
 
 
-def mean_over_draws(fn: LatentTerms, eps: Tensor, per_chunk: int) -> Tensor:
-    """:math:`\\frac1K \\sum_k f(\\epsilon_k)` for ``fn`` mapping a chunk of noise draws
-    (k, D) to per-draw values (k, B, ...), a chunk at a time: memory does not grow with K.
-
-    Sums run in float64: a float32 reduction's rounding depends on the batch's size, and a
-    row's result must not depend on the rows beside it.
-    """
-    total = sum(fn(chunk).double().sum(0) for chunk in eps.split(per_chunk))
-    return total / len(eps)
-
-
-def logmeanexp_over_draws(fn: LatentTerms, eps: Tensor, per_chunk: int) -> Tensor:
-    """:math:`\\log \\frac1K \\sum_k \\exp f(\\epsilon_k)`, a chunk of draws at a time."""
-    running = None
-    for chunk in eps.split(per_chunk):
-        part = torch.logsumexp(fn(chunk).double(), dim=0)
-        running = part if running is None else torch.logaddexp(running, part)
-    return running - math.log(len(eps))
-
-
-class BaseVAEModule(pl.LightningModule, ABC):
-    """Training plumbing for a VAE-family model.
+@dataclass
+class Prediction:
+    """What ``predict_step`` computes for each row.
 
     Parameters
     ----------
-    loss_names : tuple of str
-        Names of the terms ``loss_terms`` returns, the total loss first.
+    kind : str
+        One of ``PREDICTIONS``: 'transform' (``transform_step``), 'decode' (the decoded means
+        of latent rows), 'prior_draw' (a draw from the prior, for generation), 'elbo',
+        'log_likelihood' (importance-weighted) or 'impute' (conditional means of every cell).
+    draws : Tensor of shape (K, latent_dim), optional
+        Standard normal noise shared by every row: the K latent draws of 'elbo',
+        'log_likelihood' and 'impute'.
+    draws_per_chunk : int, default=1
+        Draws per row decoded at once (memory does not grow with K).
+    """
+
+    kind: str
+    draws: Tensor | None = None
+    draws_per_chunk: int = 1
+
+
+class VAELightningModule(pl.LightningModule):
+    """Training and inference of a latent variable model with Lightning.
+
+    Parameters
+    ----------
+    model : LatentModel
+        The math.
     lr, weight_decay : float
         Adam's learning rate and (L2) weight decay.
     max_epochs : int
         Rows of the history buffers.
     seed : int, default=0
-        Seed of the module's own noise generator (one per device and process rank).
+        Seed of the module's own training noise generator (one stream per process rank).
+    n_train_rows : int, optional
+        Training rows: whether the default encoders' feature layers are trained row-wise
+        depends on it (see :func:`nidl_vae.optim.optimizer_for`).
     """
 
     def __init__(
         self,
-        loss_names: tuple[str, ...],
+        model: LatentModel,
         lr: float,
         weight_decay: float,
         max_epochs: int,
         seed: int = 0,
+        n_train_rows: int | None = None,
     ):
         super().__init__()
-        self.loss_names = tuple(loss_names)
+        self.model = model
+        self.loss_names = tuple(model.loss_names)
         self.lr = lr
         self.weight_decay = weight_decay
         self.seed = seed
-        # training rows, set by the estimator before it trains: whether the feature layers are
-        # row-wise depends on it (see nidl_vae.optim.optimizer_for)
-        self.n_train_rows: int | None = None
+        self.n_train_rows = n_train_rows
+        self.prediction: Prediction | None = None
         self._noise: torch.Generator | None = None
         n_terms = len(self.loss_names)
         self.register_buffer("history_train", torch.full((max_epochs, n_terms), math.nan))
@@ -102,92 +111,29 @@ class BaseVAEModule(pl.LightningModule, ABC):
         self.register_buffer("_val_sums", torch.zeros(n_terms), persistent=False)
         self._counts = {"train": 0, "val": 0}
 
-    # -- written by each model -------------------------------------------------------------
-    @abstractmethod
-    def loss_terms(self, batch: tuple[Tensor, ...]) -> Tensor:
-        """Batch means of the loss terms, a tensor of shape ``(len(loss_names),)``."""
-
-    @abstractmethod
-    def encode_step(self, batch: tuple[Tensor, ...]) -> tuple[Tensor, Tensor]:
-        """Posterior mean and log-variance of each row."""
-
-    @abstractmethod
-    def decode_step(self, batch: tuple[Tensor, ...]) -> Tensor:
-        """Decoded means for each latent row; the batch is the latents first."""
-
-    @abstractmethod
-    def log_weight_terms(
-        self, batch: tuple[Tensor, ...]
-    ) -> tuple[Tensor, Tensor, Tensor, LatentTerms, LatentTerms]:
-        """What the ELBO and the importance weights of a batch need: the posterior's mean and
-        log-variance, the KL to the prior per row, a function mapping latent draws (k, B, D)
-        to :math:`\\log p(x|z)` (k, B), and one mapping them to :math:`\\log p(z)` (k, B)."""
-
-    @abstractmethod
-    def weights_and_means(self, batch: tuple[Tensor, ...]) -> tuple[Tensor, Tensor, Callable]:
-        """What imputation needs: the posterior's mean and log-variance, and a function mapping
-        latent draws (k, B, D) to their log importance weights (k, B) and the decoded means
-        of every cell (k, B, p)."""
-
-    # -- inference shared by every model ------------------------------------------------------
-    def standard_normal(self, like: Tensor, shape: tuple[int, ...] | None = None) -> Tensor:
-        """Standard normal noise from the module's own generator, on ``like``'s device."""
+    # -- noise -------------------------------------------------------------------------------
+    def standard_normal(self, shape: tuple[int, ...], like: Tensor) -> Tensor:
+        """Standard normal noise from the module's own generator, on ``like``'s device and in
+        its dtype."""
         if self._noise is None or self._noise.device != like.device:
             self._noise = torch.Generator(device=like.device).manual_seed(self.seed)
-        shape = like.shape if shape is None else shape
         return torch.randn(shape, generator=self._noise, device=like.device, dtype=like.dtype)
 
-    def _draws(self, mu: Tensor, logvar: Tensor, eps: Tensor) -> Tensor:
-        return mu + torch.exp(0.5 * logvar) * eps[:, None, :]
+    # -- training ----------------------------------------------------------------------------
+    def loss_terms(self, batch: Batch) -> Tensor:
+        """The model's loss terms on a batch, stacked in ``loss_names`` order."""
+        terms = self.model.loss_terms(batch, self.standard_normal)
+        return torch.stack([terms[name] for name in self.loss_names])
 
-    def elbo_step(self, batch: tuple[Tensor, ...], eps: Tensor, per_chunk: int) -> Tensor:
-        """Per-row ELBO at beta = 1 over the K shared noise draws ``eps`` (K, D):
-        :math:`\\frac1K \\sum_k \\log p(x|z_k) - KL(q(z|x) \\| p(z))`."""
-        mu, logvar, kl, log_lik, _ = self.log_weight_terms(batch)
-        return mean_over_draws(lambda e: log_lik(self._draws(mu, logvar, e)), eps, per_chunk) - kl
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        terms = self.loss_terms(batch)
+        self._accumulate("train", self._train_sums, terms, len(batch["x"]))
+        self.steps_done.add_(1)
+        return terms[0]
 
-    def log_likelihood_step(self, batch: tuple[Tensor, ...], eps: Tensor, per_chunk: int) -> Tensor:
-        """Importance-weighted :math:`\\log p(x)` with the posterior as proposal:
-        :math:`\\log \\frac1K \\sum_k p(x|z_k) p(z_k) / q(z_k|x)`."""
-        mu, logvar, _, log_lik, log_prior = self.log_weight_terms(batch)
-        # the posterior's log-density at its own draws mu + s * e depends on e and s alone:
-        # -sum(log 2 pi + log s^2 + e^2) / 2, a (k,) term plus a (B,) term
-        log_q_rows = -0.5 * (LOG_2PI * logvar.shape[-1] + logvar.sum(-1))
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        self._accumulate("val", self._val_sums, self.loss_terms(batch), len(batch["x"]))
 
-        def log_weights(e: Tensor) -> Tensor:
-            z = self._draws(mu, logvar, e)
-            log_q = log_q_rows - 0.5 * torch.linalg.vecdot(e, e)[:, None]
-            return log_lik(z) + log_prior(z) - log_q
-
-        return logmeanexp_over_draws(log_weights, eps, per_chunk)
-
-    def impute_step(self, batch: tuple[Tensor, ...], eps: Tensor, per_chunk: int) -> Tensor:
-        """The conditional mean :math:`\\mathbb{E}[x | x_{\\mathrm{obs}}]` of every cell,
-        self-normalised importance sampling over the K shared noise draws ``eps``:
-
-        .. math:: \\sum_k w_k\\, \\mathbb{E}[x | z_k], \\quad
-            w_k \\propto \\frac{p(x_{\\mathrm{obs}}|z_k)\\, p(z_k)}{q(z_k|x_{\\mathrm{obs}})},
-            \\quad z_k \\sim q(z|x_{\\mathrm{obs}})
-        """
-        mu, logvar, terms = self.weights_and_means(batch)
-        top = weighted = total = None
-        for chunk in eps.split(per_chunk):
-            log_w, means = terms(self._draws(mu, logvar, chunk))
-            log_w, means = log_w.double(), means.double()
-            chunk_top = log_w.max(0).values
-            new_top = chunk_top if top is None else torch.maximum(top, chunk_top)
-            w = torch.exp(log_w - new_top)
-            part, mass = torch.einsum("kb,kbp->bp", w, means), w.sum(0)
-            if top is None:
-                weighted, total = part, mass
-            else:  # rescale what was summed under the previous maximum
-                shrink = torch.exp(top - new_top)
-                weighted = weighted * shrink[:, None] + part
-                total = total * shrink + mass
-            top = new_top
-        return weighted / total[:, None]
-
-    # -- Lightning hooks --------------------------------------------------------------------
     def configure_optimizers(self) -> RowwiseAdam:
         return optimizer_for(self, self.lr, self.weight_decay, self.n_train_rows)
 
@@ -204,15 +150,6 @@ class BaseVAEModule(pl.LightningModule, ABC):
 
     def on_fit_end(self) -> None:
         self._noise = None
-
-    def training_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> Tensor:
-        terms = self.loss_terms(batch)
-        self._accumulate("train", self._train_sums, terms, len(batch[0]))
-        self.steps_done.add_(1)
-        return terms[0]
-
-    def validation_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> None:
-        self._accumulate("val", self._val_sums, self.loss_terms(batch), len(batch[0]))
 
     def on_train_epoch_start(self) -> None:
         self._train_sums.zero_()
@@ -241,10 +178,9 @@ class BaseVAEModule(pl.LightningModule, ABC):
             )
         self.log_dict({k: v for k, v in zip(self.loss_names, means, strict=True)}, prog_bar=True)
 
-    # -- helpers --------------------------------------------------------------------------------
     def _accumulate(self, stage: str, sums: Tensor, terms: Tensor, n: int) -> None:
         # one in-place op and no host sync per step: this runs at every batch
-        sums.add_(terms.detach(), alpha=n)
+        sums.add_(terms.detach().to(sums.dtype), alpha=n)
         self._counts[stage] += n
 
     def _epoch_means(self, sums: Tensor, stage: str) -> Tensor:
@@ -261,10 +197,123 @@ class BaseVAEModule(pl.LightningModule, ABC):
             out.update({f"val_{k}": val[:, i].tolist() for i, k in enumerate(self.loss_names)})
         return out
 
+    # -- inference ---------------------------------------------------------------------------
+    def transform_step(self, batch: Batch) -> Tensor:
+        """The latent coordinates of each row: the posterior mean, or the draw
+        :math:`\\mu + s \\odot \\epsilon` for the noise ``batch["eps"]`` when it is given
+        (``stochastic_transform``)."""
+        posterior = self.model.posterior(batch)
+        return posterior.mu if "eps" not in batch else posterior.sample(batch["eps"])
+
+    def predict_step(self, batch: Batch, batch_idx: int = 0) -> dict[str, Tensor]:
+        """Run :attr:`prediction` on the batch: ``{"index": positions, "values": results}``.
+
+        Batches are padded to whole blocks of rows, so that a row's result does not depend on
+        the rows beside it (CPU matrix kernels round a partial block differently).
+        """
+        if self.prediction is None or self.prediction.kind not in PREDICTIONS:
+            raise RuntimeError(
+                "predict_step runs the Prediction an estimator sets; call the estimator's "
+                "methods (transform, score_samples, ...) rather than Trainer.predict."
+            )
+        padded, n = pad_rows(batch)
+        values = getattr(self, f"_predict_{self.prediction.kind}")(padded)
+        return {"index": batch["index"], "values": values[:n]}
+
+    def _predict_transform(self, batch: Batch) -> Tensor:
+        return self.transform_step(batch)
+
+    def _predict_decode(self, batch: Batch) -> Tensor:
+        return self.model.decode(batch)
+
+    def _predict_prior_draw(self, batch: Batch) -> Tensor:
+        """A draw from :math:`p(z)` (a CVAE's :math:`p(z|c)`) for each row's noise."""
+        prior = self.model.prior_distribution(batch)
+        return batch["eps"] if prior is None else prior.sample(batch["eps"])
+
+    def _shared_draws(self, like: Tensor) -> tuple[Tensor, ...]:
+        draws = self.prediction.draws.to(like.device, like.dtype)
+        return draws.split(self.prediction.draws_per_chunk)
+
+    def _predict_elbo(self, batch: Batch) -> Tensor:
+        """:math:`\\frac1K \\sum_k \\log p(x|z_k) - KL(q(z|x) \\| p(z))` at beta = 1, over
+        the K shared noise draws."""
+        posterior = self.model.posterior(batch)
+        likelihood = self.model.draw_likelihood(batch)
+        chunks = self._shared_draws(posterior.mu)
+        # sums in float64: a float32 reduction's rounding depends on the batch's size
+        total = sum(likelihood.log_prob(_draws(posterior, e)).double().sum(0) for e in chunks)
+        return total / len(self.prediction.draws) - posterior.kl(
+            self.model.prior_distribution(batch)
+        )
+
+    def _log_weights(self, posterior: Gaussian, prior: Gaussian | None, z: Tensor, eps: Tensor):
+        """:math:`\\log p(z) - \\log q(z|x)` of draws ``z = mu + s * eps`` (k, B, D)."""
+        # the posterior's log-density at its own draws depends on eps and s alone
+        log_q = -0.5 * (
+            LOG_2PI * z.shape[-1]
+            + posterior.logvar.sum(-1)
+            + torch.linalg.vecdot(eps, eps)[:, None]
+        )
+        log_p = standard_normal_log_density(z) if prior is None else prior.log_density(z)
+        return log_p - log_q
+
+    def _predict_log_likelihood(self, batch: Batch) -> Tensor:
+        """Importance-weighted :math:`\\log p(x)` with the posterior as proposal:
+        :math:`\\log \\frac1K \\sum_k p(x|z_k) p(z_k) / q(z_k|x)`."""
+        posterior, prior = self.model.posterior(batch), self.model.prior_distribution(batch)
+        likelihood = self.model.draw_likelihood(batch)
+        parts = []
+        for eps in self._shared_draws(posterior.mu):
+            z = _draws(posterior, eps)
+            log_w = likelihood.log_prob(z) + self._log_weights(posterior, prior, z, eps)
+            parts.append(torch.logsumexp(log_w.double(), 0))
+        return log_mean_exp(torch.stack(parts), len(self.prediction.draws))
+
+    def _predict_impute(self, batch: Batch) -> Tensor:
+        """The conditional mean :math:`\\mathbb{E}[x | x_{\\mathrm{obs}}]` of every cell,
+        self-normalised importance sampling over the K shared draws (equal weights for a
+        model that does not impute by importance):
+
+        .. math:: \\sum_k w_k\\, \\mathbb{E}[x | z_k], \\quad
+            w_k \\propto \\frac{p(x_{\\mathrm{obs}}|z_k)\\, p(z_k)}{q(z_k|x_{\\mathrm{obs}})},
+            \\quad z_k \\sim q(z|x_{\\mathrm{obs}})
+        """
+        posterior, prior = self.model.posterior(batch), self.model.prior_distribution(batch)
+        likelihood = self.model.draw_likelihood(batch)
+        weighted_by_importance = self.model.imputes_by_importance
+        top = weighted = total = None
+        for eps in self._shared_draws(posterior.mu):
+            z = _draws(posterior, eps)
+            log_w, means = likelihood.log_prob_and_means(z)
+            if weighted_by_importance:
+                log_w = log_w + self._log_weights(posterior, prior, z, eps)
+            else:
+                log_w = torch.zeros_like(log_w)
+            log_w, means = log_w.double(), means.double()
+            chunk_top = log_w.max(0).values
+            new_top = chunk_top if top is None else torch.maximum(top, chunk_top)
+            w = torch.exp(log_w - new_top)
+            part, mass = torch.einsum("kb,kbp->bp", w, means), w.sum(0)
+            if top is None:
+                weighted, total = part, mass
+            else:  # rescale what was summed under the previous maximum
+                shrink = torch.exp(top - new_top)
+                weighted = weighted * shrink[:, None] + part
+                total = total * shrink + mass
+            top = new_top
+        return weighted / total[:, None]
+
     def __getstate__(self):
         state = super().__getstate__()
         state["_noise"] = None  # a generator is rebuilt from the seed when needed
+        state["prediction"] = None
         return state
+
+
+def _draws(posterior: Gaussian, eps: Tensor) -> Tensor:
+    """Latent draws (k, B, D) for noise (k, D) shared by every row."""
+    return posterior.sample(eps[:, None, :])
 
 
 def nan_message(what: str) -> str:

@@ -9,12 +9,16 @@ initialisation, drawn from that generator): building a model never touches torch
 generator, so fits running in several threads do not disturb one another.
 """
 
+import copy
 import math
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
 
+from .distributions import output_for_mean
+from .missing import FilledInput
 from .optim import FeatureLinear
 
 
@@ -307,3 +311,124 @@ def output_width(module: nn.Module, example: Tensor, name: str) -> int:
     finally:
         module.train(was_training)
     return width
+
+
+class Networks(NamedTuple):
+    """What :func:`build_networks` returns: the encoder's input (NaN cells filled, the mask
+    appended), the Gaussian encoder, the decoder, and whether the encoder's backbone reads
+    the conditions beside x (the default MLP) or x alone (a user's module, a CNN)."""
+
+    encoder_input: FilledInput
+    encoder: GaussianEncoder
+    decoder: nn.Module
+    encoder_reads_conditions: bool
+
+
+def build_networks(
+    example: Tensor,
+    *,
+    n_conditions: int,
+    latent_dim: int,
+    hidden_layer_sizes: Sequence[int],
+    conv_channels: Sequence[int],
+    linear_path: bool | str,
+    dist: str,
+    mean: Tensor,
+    with_mask: bool,
+    generator: torch.Generator,
+    encoder: nn.Module | None = None,
+    decoder: nn.Module | None = None,
+    encoder_out_dim: int | None = None,
+    where: str = "",
+    heads_first: bool = False,
+) -> Networks:
+    """The networks of one modelled block of data (a VAE's X, a CVAE's X given its
+    conditions, one CRMVAE modality), the defaults built for whatever the user did not give.
+
+    Parameters
+    ----------
+    example : Tensor
+        Two samples of the block (rows of features, or images / volumes), NaN where missing.
+    n_conditions : int
+        Width of the conditions every network reads beside its input (0 without).
+    latent_dim, hidden_layer_sizes, conv_channels, linear_path
+        The estimator's parameters of the same names.
+    dist : str
+        The likelihood family, which says what output the decoder starts at.
+    mean : Tensor
+        The block's mean sample: where the default decoders start (their output for the mean,
+        see :func:`mlp`) and what the encoder reads in a missing cell.
+    with_mask : bool
+        Whether the default encoder reads the mask of missing cells beside the values (the
+        training data had NaN cells); a user's encoder reads the filled values alone.
+    generator : torch.Generator
+        Draws every default layer's initial weights.
+    encoder, decoder : nn.Module, optional
+        The user's networks, copied (never trained in place).
+    encoder_out_dim : int, optional
+        The width the user says their encoder outputs; checked.
+    where : str, default=''
+        Appended to the networks' names in errors (" of modality 'mri'").
+    heads_first : bool, default=False
+        Draw the encoder's heads before the decoder (a CRMVAE's experts) rather than after
+        it (the VAE's and CVAE's): the order every model drew its layers in before this
+        builder was shared, kept so that one ``random_state`` fits the models as measured.
+    """
+    images = example.dim() > 2
+    n_features = example[0].numel()
+    encoder_input = FilledInput(mean.reshape(example.shape[1:]), with_mask and encoder is None)
+    seen = encoder_input(example)
+    conditions = torch.zeros(len(example), n_conditions)
+    if encoder is None and images:
+        backbone = conv_encoder(seen.shape[1:], conv_channels, generator=generator)
+        out_dim = output_width(backbone, seen, f"default encoder{where}")
+    elif encoder is None:
+        backbone = mlp(
+            seen.shape[1] + n_conditions,
+            hidden_layer_sizes,
+            generator=generator,
+            n_conditions=n_conditions,
+        )
+        out_dim = output_width(
+            backbone, torch.cat([seen, conditions], 1), f"default encoder{where}"
+        )
+    else:
+        backbone = copy.deepcopy(encoder)
+        out_dim = output_width(backbone, seen, f"encoder{where}")
+        if encoder_out_dim is not None and encoder_out_dim != out_dim:
+            raise ValueError(
+                f"encoder_out_dim={encoder_out_dim}, but the encoder outputs {out_dim} values "
+                f"per row: set encoder_out_dim={out_dim} or leave it None."
+            )
+    if heads_first:
+        heads = GaussianEncoder(backbone, out_dim, latent_dim, n_conditions, generator=generator)
+    in_dim = latent_dim + n_conditions
+    start = output_for_mean(dist, mean)
+    # 'auto': the path on the convolutional decoder only (see the parameter's documentation)
+    linear_path = images if linear_path == "auto" else linear_path
+    hidden = tuple(hidden_layer_sizes)[::-1]
+    if decoder is None and images:
+        decoder = conv_decoder(
+            example.shape[1:],
+            conv_channels,
+            in_dim,
+            generator=generator,
+            start=start,
+            linear_path=linear_path,
+        )
+    elif decoder is None and linear_path:
+        decoder = mlp_with_linear_path(in_dim, hidden, n_features, start=start, generator=generator)
+    elif decoder is None:
+        decoder = mlp(in_dim, hidden, n_features, generator=generator, start=start)
+    else:
+        decoder = copy.deepcopy(decoder)
+        width = output_width(decoder, torch.zeros(2, in_dim), f"decoder{where}")
+        if width != n_features:
+            raise ValueError(
+                f"The decoder{where} outputs {width} values per latent row but a sample has "
+                f"{n_features} values: its output (flattened) must match one sample."
+            )
+    if not heads_first:
+        heads = GaussianEncoder(backbone, out_dim, latent_dim, n_conditions, generator=generator)
+    reads_conditions = bool(n_conditions) and encoder is None and not images
+    return Networks(encoder_input, heads, decoder, reads_conditions)

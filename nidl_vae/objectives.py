@@ -90,19 +90,22 @@ def product_of_experts(mu: Tensor, logvar: Tensor, observed: Tensor) -> tuple[Te
     return mu_joint, -torch.logsumexp(log_precision, dim=0)
 
 
-def importance_weighted_log_likelihood(log_weights: Tensor) -> Tensor:
-    """Importance-weighted estimate of :math:`\\log p(x)` from K log weights.
+def log_mean_exp(log_values: Tensor, n: int | None = None) -> Tensor:
+    """:math:`\\log \\frac1n \\sum_k \\exp v_k` over the first dimension, computed stably:
+    the importance-weighted estimate of :math:`\\log p(x)` from K log weights
 
     .. math:: \\log p(x) \\approx \\log \\frac1K \\sum_{k=1}^K \\exp w_k, \\quad
         w_k = \\log p(x|z_k) + \\log p(z_k) - \\log q(z_k|x), \\; z_k \\sim q(z|x)
 
     Parameters
     ----------
-    log_weights : Tensor of shape (K, n_samples)
-        One row per importance draw.
+    log_values : Tensor of shape (K, ...)
+        One row per draw, or one per chunk of draws holding the chunk's log-sum-exp.
+    n : int, optional
+        The number of draws the rows stand for; by default the number of rows.
 
     Returns
     -------
-    Tensor of shape (n_samples,)
+    Tensor of shape log_values.shape[1:]
     """
-    return torch.logsumexp(log_weights, dim=0) - math.log(log_weights.shape[0])
+    return torch.logsumexp(log_values, dim=0) - math.log(len(log_values) if n is None else n)

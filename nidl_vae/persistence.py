@@ -26,7 +26,10 @@ from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
 FORMAT = "nidl_vae.model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# the module's own buffers; everything else of its state is the model's (format 2 keeps the
+# model's weights under "model."; format 1, before the model was a module of its own, did not)
+_MODULE_BUFFERS = ("history_train", "history_val", "epochs_done", "steps_done")
 _HEADER = "__nidl_vae__"
 
 
@@ -170,6 +173,8 @@ def load(path: str | os.PathLike, **networks: nn.Module):
 
     classes = {cls.__name__: cls for cls in (VAE, CVAE, CRMVAE)}
     header, arrays, weights = _read(path, classes)
+    if header["format_version"] < 2:
+        weights = {(k if k in _MODULE_BUFFERS else f"model.{k}"): v for k, v in weights.items()}
     resolved = _resolve_networks(header["networks"], networks)
     estimator = classes[header["estimator"]]()
     params = {k: _decode(v, arrays, resolved) for k, v in header["params"].items()}

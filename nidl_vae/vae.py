@@ -14,7 +14,6 @@ trained by minimising, per sample, with one reparameterised draw
     + \\beta\\, KL(q_\\phi(z \\mid x) \\,\\|\\, N(0, I))
 """
 
-import math
 from numbers import Integral
 
 import numpy as np
@@ -23,41 +22,19 @@ from sklearn.base import _fit_context
 from sklearn.utils._param_validation import Interval, StrOptions
 from torch import Tensor, nn
 
-from .base import (
-    BaseVAEEstimator,
-    check_layer_sizes,
-    fill_shared_docs,
-    private_copy,
-)
-from .data import Rows, n_rows
-from .distributions import (
-    DecoderLikelihood,
-    LinearNormalReadout,
-    check_data_fits,
-    output_for_mean,
-)
-from .missing import FilledInput, missing_cells
-from .module import BaseVAEModule
-from .networks import (
-    GaussianEncoder,
-    conv_decoder,
-    conv_encoder,
-    mlp,
-    mlp_with_linear_path,
-    output_width,
-)
-from .objectives import (
-    gaussian_kl,
-    gaussian_log_density,
-    reparameterize,
-    standard_normal_log_density,
-)
+from .base import BaseVAEEstimator, check_layer_sizes, fill_shared_docs
+from .data import Moments, Rows, n_rows
+from .distributions import DecoderLikelihood, LinearNormalReadout, check_data_fits
+from .latent_model import Batch, DrawLikelihood, Gaussian, LatentModel, Noise
+from .missing import missing_cells
+from .networks import GaussianEncoder, Networks, build_networks
+from .objectives import log_mean_exp, standard_normal_log_density
 
 
-class VAEModule(BaseVAEModule):
-    """The VAE's math as a LightningModule, optionally conditional (the CVAE's module too).
+class VAEModel(LatentModel):
+    """The VAE's math, optionally conditional (the CVAE's model too).
 
-    A batch is ``(x,)``, or ``(x, c)`` with conditions ``c``; then the encoder is
+    A batch holds ``x``, and conditions ``c`` for a CVAE; then the encoder is
     :math:`q(z|x, c)`, the decoder :math:`p(x|z, c)` reads ``[z, c]`` and the prior is
     :math:`p(z|c)` from ``prior`` (or :math:`N(0, I)` when ``prior`` is None):
 
@@ -66,26 +43,15 @@ class VAEModule(BaseVAEModule):
 
     Parameters
     ----------
-    encoder : GaussianEncoder
-        Maps x (``[x, c]`` when ``encoder_reads_conditions``), and c, to the posterior's mean
-        and log-variance.
-    decoder : nn.Module
-        Maps z (``[z, c]`` with conditions) to the likelihood's location or logits; its output
-        is flattened per row.
+    networks : Networks
+        The encoder's input, the Gaussian encoder and the decoder
+        (:func:`~nidl_vae.networks.build_networks`).
     likelihood : DecoderLikelihood
         The family of :math:`p(x|z)` and its scale.
     beta : float
         Weight of the KL term in the training loss.
-    lr, weight_decay, max_epochs, seed
-        See :class:`~nidl_vae.module.BaseVAEModule`.
     prior : GaussianEncoder, optional
         Maps c to the conditional prior's mean and log-variance.
-    encoder_reads_conditions : bool, default=False
-        Whether the encoder's backbone reads ``[x, c]`` (the default MLP) or x alone (a user's
-        module, e.g. a CNN); the heads always read c.
-    encoder_input : FilledInput, optional
-        What the encoder reads of rows with NaN cells (see :mod:`~nidl_vae.missing`); the
-        likelihood always leaves them out.
     n_train_draws : int, default=1
         Number K of posterior draws per row in training; above 1 the loss is the
         importance-weighted bound (IWAE, Burda et al. 2016; MIWAE with missing cells):
@@ -96,76 +62,66 @@ class VAEModule(BaseVAEModule):
 
     def __init__(
         self,
-        encoder: GaussianEncoder,
-        decoder: nn.Module,
+        networks: Networks,
         likelihood: DecoderLikelihood,
         beta: float,
-        lr: float,
-        weight_decay: float,
-        max_epochs: int,
         prior: GaussianEncoder | None = None,
-        encoder_reads_conditions: bool = False,
-        encoder_input: FilledInput | None = None,
         n_train_draws: int = 1,
-        seed: int = 0,
     ):
-        super().__init__(("loss", "reconstruction", "kl"), lr, weight_decay, max_epochs, seed)
-        self.encoder_input = encoder_input
-        self.n_train_draws = n_train_draws
-        self.encoder = encoder
-        self.decoder = decoder
+        super().__init__()
+        self.encoder_input = networks.encoder_input
+        self.encoder = networks.encoder
+        self.decoder = networks.decoder
+        self.encoder_reads_conditions = networks.encoder_reads_conditions
         self.likelihood = likelihood
         self.beta = beta
         self.prior = prior
-        self.encoder_reads_conditions = encoder_reads_conditions
+        self.n_train_draws = n_train_draws
+        self.latent_dim = self.encoder.mu.out_features
         self._readout_cache = None
 
-    def encode(self, x: Tensor, c: Tensor | None) -> tuple[Tensor, Tensor]:
-        if self.encoder_input is not None:
-            x = self.encoder_input(x)
+    def posterior(self, batch: Batch) -> Gaussian:
+        x, c = self.encoder_input(batch["x"]), batch.get("c")
         if c is None:
-            return self.encoder(x)
-        return self.encoder(torch.cat([x, c], 1) if self.encoder_reads_conditions else x, c)
+            return Gaussian(*self.encoder(x))
+        return Gaussian(
+            *self.encoder(torch.cat([x, c], 1) if self.encoder_reads_conditions else x, c)
+        )
 
-    def decode(self, z: Tensor, c: Tensor | None = None) -> Tensor:
-        return self.decoder(_with_conditions(z, c)).flatten(1)
+    def prior_distribution(self, batch: Batch) -> Gaussian | None:
+        c = batch.get("c")
+        return None if self.prior is None or c is None else Gaussian(*self.prior(c))
 
-    def prior_params(self, c: Tensor | None) -> tuple[Tensor | None, Tensor | None]:
-        """Mean and log-variance of :math:`p(z|c)`; (None, None) for :math:`N(0, I)`."""
-        return (None, None) if self.prior is None or c is None else self.prior(c)
+    def _decoder_output(self, z: Tensor, c: Tensor | None) -> Tensor:
+        """The decoder's output for latents z (..., B, D), each row with its conditions,
+        flattened per row: (..., B, p)."""
+        inputs = z if c is None else torch.cat([z, c.expand(*z.shape[:-1], c.shape[-1])], -1)
+        return self.decoder(inputs.flatten(0, -2)).flatten(1).unflatten(0, z.shape[:-1])
 
-    def loss_terms(self, batch: tuple[Tensor, ...]) -> Tensor:
-        x, c = _split(batch)
-        mu, logvar = self.encode(x, c)
-        mu_p, logvar_p = self.prior_params(c)
-        kl = gaussian_kl(mu, logvar, mu_p, logvar_p).mean()
+    def decode(self, batch: Batch) -> Tensor:
+        return self.likelihood.mean(self._decoder_output(batch["z"], batch.get("c")))
+
+    def loss_terms(self, batch: Batch, noise: Noise) -> dict[str, Tensor]:
+        x = batch["x"].flatten(1)
+        posterior, prior = self.posterior(batch), self.prior_distribution(batch)
+        kl = posterior.kl(prior).mean()
         if self.n_train_draws > 1:
-            return self._importance_weighted_loss(x, c, mu, logvar, mu_p, logvar_p, kl)
-        z = reparameterize(mu, logvar, self.standard_normal(mu))
-        reconstruction = -self.likelihood.log_prob(x.flatten(1), self.decode(z, c)).mean()
-        return torch.stack([reconstruction + self.beta * kl, reconstruction, kl])
+            return self._importance_weighted_loss(batch, posterior, prior, kl, noise)
+        z = posterior.sample(noise(posterior.mu.shape, posterior.mu))
+        out = self._decoder_output(z, batch.get("c"))
+        reconstruction = -self.likelihood.log_prob(x, out).mean()
+        return {"loss": reconstruction + self.beta * kl, "reconstruction": reconstruction, "kl": kl}
 
-    def _importance_weighted_loss(self, x, c, mu, logvar, mu_p, logvar_p, kl) -> Tensor:
+    def _importance_weighted_loss(self, batch, posterior, prior, kl, noise) -> dict[str, Tensor]:
         """The IWAE loss over K draws per row, with the mean reconstruction term over the
         draws and the analytic KL beside it (for ``history_``)."""
-        eps = self.standard_normal(mu, (self.n_train_draws, *mu.shape))
-        z = reparameterize(mu, logvar, eps)
-        log_w, log_lik, _ = self._weighted_draws(x, c, z, mu, logvar, mu_p, logvar_p, self.beta)
-        bound = torch.logsumexp(log_w, 0) - math.log(self.n_train_draws)
-        return torch.stack([-bound.mean(), -log_lik.mean(), kl])
-
-    def _draw_inputs(self, z: Tensor, c: Tensor | None) -> Tensor:
-        """The decoder's input rows for latent draws (k, B, D): each with its row's conditions."""
-        return _with_conditions(z.flatten(0, 1), None if c is None else c.repeat(len(z), 1))
-
-    def _weighted_draws(self, x, c, z, mu, logvar, mu_p, logvar_p, beta: float):
-        """For latent draws z (k, B, D): the log weights
-        :math:`\\log p(x|z, c) + \\beta [\\log p(z|c) - \\log q(z|x, c)]`, the log-likelihoods
-        (both (k, B)) and the decoder outputs (k, B, p)."""
-        out = self.decoder(self._draw_inputs(z, c)).flatten(1).unflatten(0, z.shape[:2])
-        log_lik = self.likelihood.log_prob(x.flatten(1), out)
-        log_ratio = _log_density(mu_p, logvar_p)(z) - gaussian_log_density(z, mu, logvar)
-        return log_lik + beta * log_ratio, log_lik, out
+        z = posterior.sample(noise((self.n_train_draws, *posterior.mu.shape), posterior.mu))
+        out = self._decoder_output(z, batch.get("c"))
+        log_lik = self.likelihood.log_prob(batch["x"].flatten(1), out)
+        log_prior = standard_normal_log_density(z) if prior is None else prior.log_density(z)
+        log_w = log_lik + self.beta * (log_prior - posterior.log_density(z))
+        bound = log_mean_exp(log_w)
+        return {"loss": -bound.mean(), "reconstruction": -log_lik.mean(), "kl": kl}
 
     def _readout(self) -> LinearNormalReadout | None:
         """The last layer's quadratic form when it applies, computed once per state of the
@@ -173,171 +129,89 @@ class VAEModule(BaseVAEModule):
         last = self.decoder[-1] if isinstance(self.decoder, nn.Sequential) else None
         if not LinearNormalReadout.applies(last, self.likelihood.dist):
             return None
-        tensors = (*last.parameters(), *self.likelihood.parameters(), *self.likelihood.buffers())
+        family = self.likelihood
+        tensors = (*last.parameters(), *family.parameters(), *family.buffers())
         # in-place updates (an optimizer step) bump a tensor's version; moves make new tensors
-        key = tuple((t.data_ptr(), t._version) for t in tensors)
+        key = tuple((t.data_ptr(), t._version, t.dtype) for t in tensors)
         if self._readout_cache is None or self._readout_cache[0] != key:
-            self._readout_cache = (key, LinearNormalReadout(last, self.likelihood.scale()))
+            self._readout_cache = (key, LinearNormalReadout(last, family.scale()))
         return self._readout_cache[1]
 
-    def encode_step(self, batch: tuple[Tensor, ...]) -> tuple[Tensor, Tensor]:
-        return self.encode(*_split(batch))
+    def draw_likelihood(self, batch: Batch) -> "VAEDrawLikelihood":
+        return VAEDrawLikelihood(self, batch["x"].flatten(1), batch.get("c"))
 
-    def decode_step(self, batch: tuple[Tensor, ...]) -> Tensor:
-        """The mean of :math:`p(x|z, c)` for each latent row (``batch`` is (z,) or (z, c))."""
-        return self.likelihood.mean(self.decode(*_split(batch)))
-
-    def log_weight_terms(self, batch: tuple[Tensor, ...]):
-        x, c = _split(batch)
-        mu, logvar = self.encode(x, c)
-        mu_p, logvar_p = self.prior_params(c)
-
-        readout = self._readout()
-        if readout is not None and missing_cells(x) is None:
-            readout = readout.rows(x.flatten(1))
-        else:  # each row's quadratic form would run over its own observed cells
-            readout = None
-        log_prob = self.likelihood.log_prob_of(x.flatten(1))
-
-        def log_lik(z: Tensor) -> Tensor:
-            inputs = self._draw_inputs(z, c)
-            if readout is not None:
-                return readout(self.decoder[:-1](inputs).unflatten(0, z.shape[:2]))
-            return log_prob(self.decoder(inputs).flatten(1).unflatten(0, z.shape[:2]))
-
-        kl = gaussian_kl(mu, logvar, mu_p, logvar_p)
-        return mu, logvar, kl, log_lik, _log_density(mu_p, logvar_p)
-
-    def weights_and_means(self, batch: tuple[Tensor, ...]):
-        """The posterior's mean and log-variance, and the function mapping latent draws
-        (k, B, D) to their log importance weights (k, B) and decoded means (k, B, p)."""
-        x, c = _split(batch)
-        mu, logvar = self.encode(x, c)
-        mu_p, logvar_p = self.prior_params(c)
-
-        def terms(z: Tensor) -> tuple[Tensor, Tensor]:
-            log_w, _, out = self._weighted_draws(x, c, z, mu, logvar, mu_p, logvar_p, 1.0)
-            return log_w, self.likelihood.mean(out)
-
-        return mu, logvar, terms
-
-    def prior_step(self, batch: tuple[Tensor, ...]) -> tuple[Tensor, Tensor]:
-        """Mean and log-variance of :math:`p(z|c)` for each row of conditions."""
-        (c,) = batch
-        mu, logvar = self.prior_params(c)
-        if mu is None:
-            zeros = c.new_zeros(len(c), self.encoder.mu.out_features)
-            return zeros, zeros
-        return mu, logvar
+    def __getstate__(self):
+        state = super().__getstate__()
+        state["_readout_cache"] = None
+        return state
 
 
-def _with_conditions(z: Tensor, c: Tensor | None) -> Tensor:
-    """The decoder's input: the latents, with the conditions appended when there are some."""
-    return z if c is None else torch.cat([z, c.expand(*z.shape[:-1], c.shape[-1])], -1)
+class VAEDrawLikelihood(DrawLikelihood):
+    """:math:`\\log p(x|z, c)` of a batch's rows for many draws. Rows without missing cells,
+    under a Normal read from a wide linear layer, are scored through the layer's quadratic
+    form (:class:`~nidl_vae.distributions.LinearNormalReadout`), without decoding every cell.
+    """
+
+    def __init__(self, model: VAEModel, x: Tensor, c: Tensor | None):
+        self.model, self.x, self.c = model, x, c
+        self.log_prob_of = model.likelihood.log_prob_of(x)
+        readout = model._readout()
+        # each row's quadratic form would run over its own observed cells
+        self.readout = None if readout is None or missing_cells(x) is not None else readout.rows(x)
+
+    def log_prob(self, z: Tensor) -> Tensor:
+        if self.readout is None:
+            return self.log_prob_of(self.model._decoder_output(z, self.c))
+        c = self.c
+        inputs = z if c is None else torch.cat([z, c.expand(*z.shape[:-1], c.shape[-1])], -1)
+        hidden = self.model.decoder[:-1](inputs.flatten(0, -2)).unflatten(0, z.shape[:-1])
+        return self.readout(hidden)
+
+    def log_prob_and_means(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        out = self.model._decoder_output(z, self.c)
+        return self.log_prob_of(out), self.model.likelihood.mean(out)
 
 
-def _log_density(mu: Tensor | None, logvar: Tensor | None):
-    """The log-density of the prior: :math:`N(0, I)` when ``mu`` is None."""
-    if mu is None:
-        return standard_normal_log_density
-    return lambda z: gaussian_log_density(z, mu, logvar)
-
-
-def _split(batch: tuple[Tensor, ...]) -> tuple[Tensor, Tensor | None]:
-    return batch[0], (batch[1] if len(batch) > 1 else None)
-
-
-def training_statistics(estimator, X) -> dict:
-    """What the VAE's (and CVAE's) module is built from: the data's unit and mean, and whether
-    it has missing cells; sets ``encoder_reads_mask_``. A ValueError for a feature missing in
-    every row, or values the likelihood cannot take."""
-    stats = estimator._scan(X)
-    empty = np.flatnonzero(stats.count == 0)
+def training_statistics(X, moments: Moments, decoder_dist: str) -> dict:
+    """What the VAE's (and CVAE's) model is built from: the data's unit and mean, and whether
+    it has missing cells. A ValueError for a feature missing in every row, or values the
+    likelihood cannot take."""
+    empty = np.flatnonzero(moments.count == 0)
     if len(empty):
         raise ValueError(
             f"Feature {empty[0]} (and {len(empty) - 1} others) is NaN in every training row: "
             "there is nothing to learn of it. Drop it, or impute it first."
         )
-    check_data_fits(stats.min.min(), stats.max.max(), estimator.decoder_dist)
-    missing = bool((stats.count < n_rows(X)).any())
-    estimator.encoder_reads_mask_ = missing and estimator.encoder is None
-    return {"unit": stats.scale(), "mean": stats.mean, "missing": missing}
+    check_data_fits(moments.min.min(), moments.max.max(), decoder_dist)
+    missing = bool((moments.count < n_rows(X)).any())
+    return {"unit": moments.scale(), "mean": moments.mean, "missing": missing}
 
 
-def build_vae_module(
-    estimator, rows: Rows, stats: dict, generator: torch.Generator, seed: int, prior=None
-) -> VAEModule:
-    """The VAE's (or, with conditions in ``rows``, the CVAE's) module with default networks
-    for whatever the user did not give."""
-    example = rows.read(slice(0, 2))
-    X = example[0]
-    C = example[1] if len(example) > 1 else X.new_zeros(len(X), 0)
-    n_features, n_cond = X[0].numel(), C.shape[1]
-    images = X.dim() > 2
-    hidden = check_layer_sizes(estimator.hidden_layer_sizes)
-    channels = check_layer_sizes(estimator.conv_channels, "conv_channels")
-    mean = torch.as_tensor(stats["mean"], dtype=torch.float32).reshape(X.shape[1:])
-    # the default encoder reads the mask of missing cells beside the values (as extra
-    # features, or extra channels of an image) when the training data had NaN cells
-    with_mask = stats["missing"] and estimator.encoder is None
-    encoder_input = FilledInput(mean, with_mask)
-    seen = encoder_input(X)
-    if estimator.encoder is None and images:
-        backbone = conv_encoder(seen.shape[1:], channels, generator=generator)
-        out_dim = output_width(backbone, seen, "default encoder")
-    elif estimator.encoder is None:
-        backbone = mlp(seen.shape[1] + n_cond, hidden, generator=generator, n_conditions=n_cond)
-        out_dim = output_width(backbone, torch.cat([seen, C], 1), "default encoder")
-    else:
-        backbone = private_copy(estimator.encoder)
-        out_dim = output_width(backbone, seen, "encoder")
-        if estimator.encoder_out_dim is not None and estimator.encoder_out_dim != out_dim:
-            raise ValueError(
-                f"encoder_out_dim={estimator.encoder_out_dim}, but the encoder outputs "
-                f"{out_dim} values per row: set encoder_out_dim={out_dim} or leave it None."
-            )
-    in_dim = estimator.latent_dim + n_cond
-    # the decoder's output for the mean sample, where every default decoder starts (see
-    # networks.mlp; through transposed convolutions the mean image alone took 100 epochs)
-    start = output_for_mean(estimator.decoder_dist, mean)
-    # 'auto': the path on the convolutional decoder only (see the parameter's documentation)
-    linear_path = images if estimator.linear_path == "auto" else estimator.linear_path
-    if estimator.decoder is None and images:
-        decoder = conv_decoder(
-            X.shape[1:], channels, in_dim, generator=generator, start=start, linear_path=linear_path
-        )
-    elif estimator.decoder is None and linear_path:
-        decoder = mlp_with_linear_path(
-            in_dim, hidden[::-1], n_features, start=start, generator=generator
-        )
-    elif estimator.decoder is None:
-        decoder = mlp(in_dim, hidden[::-1], n_features, generator=generator, start=start)
-    else:
-        decoder = private_copy(estimator.decoder)
-        width = output_width(decoder, torch.zeros(2, in_dim), "decoder")
-        if width != n_features:
-            raise ValueError(
-                f"The decoder outputs {width} values per latent row but a sample of X has "
-                f"{n_features} values: its output (flattened) must match one sample of X."
-            )
-    return VAEModule(
-        encoder=GaussianEncoder(
-            backbone, out_dim, estimator.latent_dim, n_cond, generator=generator
-        ),
-        decoder=decoder,
-        likelihood=DecoderLikelihood(
-            estimator.decoder_dist, estimator.decoder_scale, n_features, stats["unit"]
-        ),
-        beta=estimator.beta,
-        lr=estimator.lr,
-        weight_decay=estimator.weight_decay,
-        max_epochs=stats["max_epochs"],
-        prior=prior,
-        encoder_reads_conditions=bool(n_cond) and estimator.encoder is None and not images,
-        encoder_input=encoder_input,
-        n_train_draws=estimator.n_train_draws,
-        seed=seed,
+def build_vae_model(estimator, rows: Rows, stats: dict, generator: torch.Generator, prior=None):
+    """The VAE's (or, with conditions ``c`` in ``rows``, the CVAE's) model, with default
+    networks for whatever the user did not give."""
+    example = rows.first(2)
+    X = example["x"]
+    n_conditions = example["c"].shape[1] if "c" in example else 0
+    networks = build_networks(
+        X,
+        n_conditions=n_conditions,
+        latent_dim=estimator.latent_dim,
+        hidden_layer_sizes=check_layer_sizes(estimator.hidden_layer_sizes),
+        conv_channels=check_layer_sizes(estimator.conv_channels, "conv_channels"),
+        linear_path=estimator.linear_path,
+        dist=estimator.decoder_dist,
+        mean=torch.as_tensor(stats["mean"], dtype=torch.float32).reshape(X.shape[1:]),
+        with_mask=stats["missing"],
+        generator=generator,
+        encoder=estimator.encoder,
+        decoder=estimator.decoder,
+        encoder_out_dim=estimator.encoder_out_dim,
     )
+    likelihood = DecoderLikelihood(
+        estimator.decoder_dist, estimator.decoder_scale, X[0].numel(), stats["unit"]
+    )
+    return VAEModel(networks, likelihood, estimator.beta, prior, estimator.n_train_draws)
 
 
 @fill_shared_docs
@@ -500,7 +374,9 @@ class VAE(BaseVAEEstimator):
 
     def _training_rows(self, X, y) -> tuple[Rows, dict]:
         X = self._validate_X(X, reset=True)
-        return Rows(X), training_statistics(self, X)
+        stats = training_statistics(X, self._scan(X), self.decoder_dist)
+        self.encoder_reads_mask_ = stats["missing"] and self.encoder is None
+        return Rows(X), stats
 
-    def _build_module(self, rows, stats, generator, seed) -> VAEModule:
-        return build_vae_module(self, rows, stats, generator, seed)
+    def _build_model(self, rows, stats, generator) -> VAEModel:
+        return build_vae_model(self, rows, stats, generator)

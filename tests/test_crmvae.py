@@ -12,9 +12,11 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
 
 from nidl_vae import CRMVAE
-from nidl_vae.crmvae import CRMVAEModule
+from nidl_vae.crmvae import CRMVAEModel
 from nidl_vae.distributions import DecoderLikelihood
-from nidl_vae.networks import GaussianEncoder
+from nidl_vae.missing import FilledInput
+from nidl_vae.module import VAELightningModule
+from nidl_vae.networks import GaussianEncoder, Networks
 
 HALVES = {"left": slice(0, 32), "right": slice(32, 64)}
 FAST = dict(latent_dim=4, hidden_layer_sizes=(32,), max_epochs=5, random_state=0)
@@ -41,9 +43,12 @@ def _tiny_module(rescale_factors=(1.0, 1.0)):
     ]
     decoders = [torch.nn.Linear(2, w) for w in (1, 2)]
     likelihoods = [DecoderLikelihood("normal", 0.5, 1), DecoderLikelihood("laplace", 0.3, 2)]
-    return CRMVAEModule(
-        encoders, decoders, likelihoods, [1, 2], list(rescale_factors), 2.5, 1e-3, 0.0, 1
-    )
+    networks = [
+        Networks(FilledInput(torch.zeros(w), with_mask=False), e, d, False)
+        for w, e, d in zip((1, 2), encoders, decoders, strict=True)
+    ]
+    model = CRMVAEModel(networks, likelihoods, [1, 2], list(rescale_factors), 2.5)
+    return VAELightningModule(model, 1e-3, 0.0, 1)
 
 
 def _hand_computed_loss(module, x, observed, eps_joint, eps_single):
@@ -51,13 +56,13 @@ def _hand_computed_loss(module, x, observed, eps_joint, eps_single):
     p = [
         [t.detach().double().numpy() for t in (e.mu.weight, e.mu.bias, e.logvar.weight)]
         + [e.logvar.bias.detach().double().numpy()]
-        for e in module.encoders
+        for e in module.model.encoders
     ]
     dec = [
         (d.weight.detach().double().numpy(), d.bias.detach().double().numpy())
-        for d in module.decoders
+        for d in module.model.decoders
     ]
-    blocks, r = [x[:, :1], x[:, 1:]], module.rescale_factors.numpy()
+    blocks, r = [x[:, :1], x[:, 1:]], module.model.rescale_factors.numpy()
 
     def normal(v, loc):
         return (-0.5 * np.log(2 * np.pi) - np.log(0.5) - 0.5 * ((v - loc) / 0.5) ** 2).sum()
@@ -106,7 +111,7 @@ def test_loss_equals_hand_computed_value(missing, rescale_factors):
         torch.randn(4, 2, generator=noise),
         torch.randn(2, 4, 2, generator=noise),
     )
-    terms = module.loss_terms((x, observed)).detach().numpy()
+    terms = module.loss_terms({"x": x, "observed": observed}).detach().numpy()
     expected = _hand_computed_loss(
         module, x.double().numpy(), observed.numpy(), eps_joint.numpy(), eps_single.numpy()
     )
@@ -119,10 +124,10 @@ def test_a_missing_modality_gets_no_gradient():
     observed = torch.ones(5, 2)
     observed[:, 1] = 0  # modality 1 is missing in every row of the batch
     x[:, 1:] = float("inf")  # whatever sits in a missing block must not matter either
-    module.loss_terms((x.nan_to_num(posinf=0.0), observed))[0].backward()
-    for net in (module.encoders[1], module.decoders[1]):
+    module.loss_terms({"x": x.nan_to_num(posinf=0.0), "observed": observed})[0].backward()
+    for net in (module.model.encoders[1], module.model.decoders[1]):
         assert all(torch.equal(p.grad, torch.zeros_like(p)) for p in net.parameters())
-    assert any(p.grad.abs().sum() > 0 for p in module.encoders[0].parameters())
+    assert any(p.grad.abs().sum() > 0 for p in module.model.encoders[0].parameters())
 
 
 # ---------------------------------------------------------------------------- estimator
@@ -188,7 +193,7 @@ def test_likelihood_rescaling_factors():
     rescaled = CRMVAE(modalities={"a": 3, "b": 2}, uses_likelihood_rescaling=True, **FAST)
     assert rescaled.fit(X).rescale_factors_ == {"a": 1.0, "b": 1.5}
     given = rescaled.set_params(rescale_factors={"a": 2.0, "b": 0.5}).fit(X)
-    assert_allclose(given.module_.rescale_factors.numpy(), [2.0, 0.5])
+    assert_allclose(given.module_.model.rescale_factors.numpy(), [2.0, 0.5])
     assert CRMVAE(modalities=[3, 2], **FAST).fit(X).rescale_factors_ == {0: 1.0, 1: 1.0}
 
 
@@ -203,9 +208,9 @@ def test_per_modality_likelihoods_and_custom_networks():
         decoders={"b": decoder},
         **FAST,
     ).fit(X)
-    a, b = crm.module_.likelihoods
+    a, b = crm.module_.model.likelihoods
     assert (a.dist, a.scale(), b.dist) == ("normal", 0.3, "bernoulli")
-    assert crm.module_.decoders[1] is not decoder  # copied, never trained in place
+    assert crm.module_.model.decoders[1] is not decoder  # copied, never trained in place
     generated = crm.sample(50)
     assert ((generated[:, 3:] > 0) & (generated[:, 3:] < 1)).all()
 

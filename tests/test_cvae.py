@@ -10,9 +10,11 @@ from sklearn.pipeline import make_pipeline
 
 from nidl_vae import CVAE
 from nidl_vae.distributions import DecoderLikelihood
-from nidl_vae.networks import GaussianEncoder
+from nidl_vae.missing import FilledInput
+from nidl_vae.module import VAELightningModule
+from nidl_vae.networks import GaussianEncoder, Networks
 from nidl_vae.objectives import gaussian_kl
-from nidl_vae.vae import VAEModule
+from nidl_vae.vae import VAEModel
 
 LABELS = np.repeat(np.arange(10), 100)
 
@@ -94,19 +96,11 @@ def test_conditional_loss_equals_hand_computed_value(prior):
         if prior is None
         else GaussianEncoder(torch.nn.Identity(), 2, 2, generator=torch.Generator())
     )
-    module = VAEModule(
-        encoder,
-        decoder,
-        DecoderLikelihood("normal", 0.5, 3),
-        3.0,
-        1e-3,
-        0.0,
-        1,
-        prior=prior_net,
-        encoder_reads_conditions=True,
-    )
+    networks = Networks(FilledInput(torch.zeros(3), with_mask=False), encoder, decoder, True)
+    model = VAEModel(networks, DecoderLikelihood("normal", 0.5, 3), 3.0, prior=prior_net)
+    module = VAELightningModule(model, 1e-3, 0.0, 1)
     eps = torch.randn(4, 2, generator=torch.Generator().manual_seed(module.seed))
-    terms = module.loss_terms((x, c)).detach()
+    terms = module.loss_terms({"x": x, "c": c}).detach()
     with torch.no_grad():  # written out: q(z|x,c) from [x, c, c], decoder on [z, c]
         h = torch.cat([x, c, c], 1)
         mu, logvar = encoder.mu(h), encoder.logvar(h)

@@ -70,19 +70,21 @@ def test_the_convolutional_decoder_has_a_linear_path_started_at_zero(volumes):
 
     # 'auto': on for volumes (the CVAE's reads the condition too), off for rows of features
     cvae = CVAE(**SMALL).fit(X, conditions=factors[:, 0])
-    assert cvae.module_.decoder.path.in_features == 2 + 1
-    assert cvae.module_.decoder.path.weight.abs().max() > 0  # trained
-    assert not isinstance(VAE(**SMALL, linear_path=False).fit(X).module_.decoder, WithLinearPath)
+    assert cvae.module_.model.decoder.path.in_features == 2 + 1
+    assert cvae.module_.model.decoder.path.weight.abs().max() > 0  # trained
+    assert not isinstance(
+        VAE(**SMALL, linear_path=False).fit(X).module_.model.decoder, WithLinearPath
+    )
     rows = VAE(**SMALL).fit(X.reshape(len(X), -1))
-    assert rows.module_.decoder[-1].in_features == 256  # its last hidden layer, no path
+    assert rows.module_.model.decoder[-1].in_features == 256  # its last hidden layer, no path
 
 
 def test_images_get_convolutional_networks_and_keep_their_shape(digit_images):
     X, _ = digit_images
     vae = VAE(**SMALL).fit(X)
     assert vae.input_shape_ == (1, 8, 8) and vae.n_features_in_ == 64
-    assert any(isinstance(m, nn.Conv2d) for m in vae.module_.encoder.modules())
-    assert any(isinstance(m, nn.ConvTranspose2d) for m in vae.module_.decoder.modules())
+    assert any(isinstance(m, nn.Conv2d) for m in vae.module_.model.encoder.modules())
+    assert any(isinstance(m, nn.ConvTranspose2d) for m in vae.module_.model.decoder.modules())
     Z = vae.transform(X)
     assert Z.shape == (400, 2) and Z.dtype == X.dtype
     assert vae.inverse_transform(Z[:5]).shape == (5, 1, 8, 8)
@@ -153,7 +155,7 @@ def test_a_user_module_reads_batches_of_images_unchanged(digit_images):
         nn.Linear(2, 4 * 6 * 6), nn.Unflatten(1, (4, 6, 6)), nn.ConvTranspose2d(4, 1, 3)
     )
     vae = VAE(encoder=encoder, decoder=decoder, **SMALL).fit(X)
-    assert vae.module_.encoder.mu.in_features == 4 * 6 * 6  # encoder_out_dim inferred
+    assert vae.module_.model.encoder.mu.in_features == 4 * 6 * 6  # encoder_out_dim inferred
     assert vae.inverse_transform(vae.transform(X[:3])).shape == (3, 1, 8, 8)
 
 

@@ -11,6 +11,7 @@ from numpy.testing import assert_allclose, assert_array_equal
 
 from nidl_vae import CRMVAE, CVAE, VAE, load
 from nidl_vae.distributions import DecoderLikelihood
+from nidl_vae.seeding import standard_normal
 
 SMALL = dict(latent_dim=3, hidden_layer_sizes=(32,), max_epochs=3, random_state=0)
 
@@ -60,15 +61,16 @@ def test_vae_trains_on_holes_and_its_elbo_is_of_the_observed_cells(holes):
     vae = VAE(**SMALL).fit(X)
     assert vae.encoder_reads_mask_
     # the default encoder reads the values and the mask: twice the features
-    assert vae.module_.encoder.backbone[0].in_features == 2 * X.shape[1]
+    assert vae.module_.model.encoder.backbone[0].in_features == 2 * X.shape[1]
     assert np.isfinite(vae.transform(X)).all()
     # the ELBO by hand, over each row's observed cells
     rows = X[:5]
-    module, n_draws = vae.module_, 4
+    module, n_draws = vae.module_.model, 4
     with torch.no_grad():
         x = torch.from_numpy(rows.astype(np.float32))
-        mu, logvar = module.encode(x, None)
-        eps = vae._standard_normal((n_draws, vae.latent_dim), offset=2)
+        mu, logvar = module.posterior({"x": x})
+        # the estimator's draws: its seed's 'score' stream
+        eps = torch.from_numpy(standard_normal(vae._seed, "score", (n_draws, vae.latent_dim)))
         z = mu + torch.exp(0.5 * logvar) * eps[:, None]
         loc = module.decoder(z.flatten(0, 1)).unflatten(0, z.shape[:2]).double().numpy()
         scale = module.likelihood.scale().double().numpy()
@@ -82,7 +84,7 @@ def test_vae_trains_on_holes_and_its_elbo_is_of_the_observed_cells(holes):
 def test_complete_data_reads_no_mask(digits):
     vae = VAE(**SMALL).fit(digits[0][:100])
     assert not vae.encoder_reads_mask_
-    assert vae.module_.encoder.backbone[0].in_features == 64
+    assert vae.module_.model.encoder.backbone[0].in_features == 64
     # a model fitted on complete rows still encodes and imputes incomplete ones
     X = digits[0][:20].copy()
     X[:, :8] = np.nan
@@ -149,7 +151,7 @@ def test_images_with_holes(digits):
     images[np.random.default_rng(1).random(images.shape) < 0.2] = np.nan
     vae = VAE(latent_dim=3, conv_channels=(4, 8), max_epochs=2, random_state=0).fit(images)
     # the mask is a second channel of the image
-    assert vae.module_.encoder.backbone[1].in_channels == 2
+    assert vae.module_.model.encoder.backbone[1].in_channels == 2
     imputed = vae.impute(images)
     assert imputed.shape == images.shape and not np.isnan(imputed).any()
 

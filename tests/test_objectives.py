@@ -21,7 +21,7 @@ from nidl_vae.distributions import (
 from nidl_vae.objectives import (
     gaussian_kl,
     gaussian_log_density,
-    importance_weighted_log_likelihood,
+    log_mean_exp,
     product_of_experts,
     reparameterize,
     standard_normal_log_density,
@@ -87,10 +87,10 @@ def test_categorical_log_prob():
     assert_allclose(value.numpy(), [-0.693147], rtol=1e-6)
 
 
-def test_importance_weighted_log_likelihood():
+def test_log_mean_exp_is_the_importance_weighted_log_likelihood():
     # log((1 + 3) / 2) = log 2; equal weights give the weight itself
     log_w = torch.log(t([[1.0, 5.0], [3.0, 5.0]]))
-    assert_allclose(importance_weighted_log_likelihood(log_w).numpy(), [math.log(2), math.log(5)])
+    assert_allclose(log_mean_exp(log_w).numpy(), [math.log(2), math.log(5)])
 
 
 def test_product_of_observed_experts():
@@ -159,8 +159,10 @@ def _linear_vae_module(rng, beta: float, **options):
     rows x of 3 features."""
     from torch import nn
 
-    from nidl_vae.networks import GaussianEncoder
-    from nidl_vae.vae import VAEModule
+    from nidl_vae.missing import FilledInput
+    from nidl_vae.module import VAELightningModule
+    from nidl_vae.networks import GaussianEncoder, Networks
+    from nidl_vae.vae import VAEModel
 
     x = rng.normal(size=(4, 3)).astype(np.float32)
     weights = [rng.normal(size=s).astype(np.float32) * 0.5 for s in [(2, 3), (2, 3), (3, 2)]]
@@ -171,7 +173,9 @@ def _linear_vae_module(rng, beta: float, **options):
         encoder.logvar.weight.copy_(t(weights[1])), encoder.logvar.bias.zero_()
         decoder.weight.copy_(t(weights[2]))
     likelihood = DecoderLikelihood("normal", 0.7, 3)
-    module = VAEModule(encoder, decoder, likelihood, beta, 1e-3, 0.0, 1, seed=5, **options)
+    networks = Networks(FilledInput(torch.zeros(3), with_mask=False), encoder, decoder, False)
+    model = VAEModel(networks, likelihood, beta, **options)
+    module = VAELightningModule(model, 1e-3, 0.0, 1, seed=5)
     return module, x, weights
 
 
@@ -180,11 +184,16 @@ def test_vae_loss_equals_hand_computed_value():
     # the module's noise comes from its own generator, seeded with its seed
     eps = torch.randn(4, 2, generator=torch.Generator().manual_seed(5)).numpy()
     state = torch.get_rng_state()
-    terms = module.loss_terms((t(x),)).detach().numpy()
+    terms = module.loss_terms({"x": t(x)}).detach().numpy()
     assert torch.equal(torch.get_rng_state(), state)  # the global generator is untouched
     assert_allclose(terms, _numpy_vae_loss(x, W_mu, W_lv, W_dec, eps, 0.7, 2.0), rtol=1e-5)
-    # the ELBO step with the same noise as one shared draw per row is its beta = 1 counterpart
-    elbo = module.elbo_step((t(x[:1]),), t(eps[:1]), 1).item()
+    # the ELBO prediction with the same noise as one shared draw per row is its beta = 1
+    # counterpart
+    from nidl_vae.module import Prediction
+
+    module.prediction = Prediction("elbo", draws=t(eps[:1]), draws_per_chunk=1)
+    batch = {"x": t(x[:1]), "index": torch.zeros(1, dtype=torch.long)}
+    elbo = module.predict_step(batch)["values"].item()
     loss1, _, _ = _numpy_vae_loss(x[:1], W_mu, W_lv, W_dec, eps[:1], 0.7, 1.0)
     assert elbo == pytest.approx(-loss1, rel=1e-5)
 
@@ -198,7 +207,7 @@ def test_importance_weighted_loss_over_observed_cells_equals_hand_computed_value
     filled = np.nan_to_num(x)  # the module's encoder input: NaN at a fill of 0, no mask
     from nidl_vae.missing import FilledInput
 
-    module.encoder_input = FilledInput(torch.zeros(3), with_mask=False)
+    module.model.encoder_input = FilledInput(torch.zeros(3), with_mask=False)
     eps = torch.randn(3, 4, 2, generator=torch.Generator().manual_seed(5)).numpy()
     mu, logvar = filled @ W_mu.T, filled @ W_lv.T
     z = mu + np.exp(0.5 * logvar) * eps
@@ -209,7 +218,7 @@ def test_importance_weighted_loss_over_observed_cells_equals_hand_computed_value
     log_w = log_lik + 0.5 * (log_p - log_q)
     bound = np.log(np.exp(log_w).mean(0))
     kl = 0.5 * (np.exp(logvar) + mu**2 - 1 - logvar).sum(1)
-    terms = module.loss_terms((t(x),)).detach().numpy()
+    terms = module.loss_terms({"x": t(x)}).detach().numpy()
     assert_allclose(terms, [-bound.mean(), -log_lik.mean(), kl.mean()], rtol=1e-5)
 
 

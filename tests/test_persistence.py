@@ -122,7 +122,7 @@ def test_user_networks_are_handed_back_and_checked(table, tmp_path):
     loaded = load(path, encoder=fresh)
     _assert_same_results(vae, loaded, X)
     # the weights come from the file, into a copy: the module handed back is not modified
-    assert not torch.equal(fresh[0].weight, loaded.module_.encoder.backbone[0].weight)
+    assert not torch.equal(fresh[0].weight, loaded.module_.model.encoder.backbone[0].weight)
 
     conditions = np.arange(len(X)) % 2
     prior = torch.nn.Sequential(torch.nn.Linear(2, 4), torch.nn.Tanh())

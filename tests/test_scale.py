@@ -211,11 +211,11 @@ def test_wide_decoders_score_through_the_expanded_quadratic_form(Estimator, monk
         )
 
     expanded = scores()
-    cached = vae.module_._readout()
-    assert vae.module_._readout() is cached  # W^T Lambda W once per state of the weights
+    cached = vae.module_.model._readout()
+    assert vae.module_.model._readout() is cached  # W^T Lambda W once per state of the weights
     with torch.no_grad():
-        vae.module_.decoder[-1].weight.mul_(1.0)  # an in-place update, as an optimizer step
-    assert vae.module_._readout() is not cached
+        vae.module_.model.decoder[-1].weight.mul_(1.0)  # an in-place update, as an optimizer step
+    assert vae.module_.model._readout() is not cached
     monkeypatch.setattr(
         distributions.LinearNormalReadout, "applies", staticmethod(lambda layer, dist: False)
     )
@@ -285,7 +285,7 @@ def test_the_linear_path_reads_the_latents(digits, linear_path):
     X, _ = digits
     vae = VAE(linear_path=linear_path, max_epochs=1, random_state=0).fit(X[:100])
     # the decoder's last hidden layer has 256 units; the linear path appends the 10 latents
-    assert (vae.module_.decoder[-1].in_features == 256 + 10) is linear_path
+    assert (vae.module_.model.decoder[-1].in_features == 256 + 10) is linear_path
 
 
 @pytest.mark.parametrize("Estimator", [VAE, CVAE, CRMVAE])
@@ -294,10 +294,10 @@ def test_default_mlp_decoders_start_at_the_data_mean(digits, Estimator):
     params = dict(hidden_layer_sizes=(16,), lr=1e-12, max_epochs=1, random_state=0)
     if Estimator is CRMVAE:
         model = CRMVAE(modalities=[40, 24], **params).fit(X)
-        decoders = model.module_.decoders
+        decoders = model.module_.model.decoders
     else:
         extra = {"conditions": np.arange(64.0)} if Estimator is CVAE else {}
-        decoders = [Estimator(**params).fit(X, **extra).module_.decoder]
+        decoders = [Estimator(**params).fit(X, **extra).module_.model.decoder]
     bias = torch.cat([d[-1].bias for d in decoders]).detach().numpy()
     # the drawn bias (within 1/sqrt(16)) plus the mean
     assert np.abs(bias - X.mean(0)).max() <= 16**-0.5

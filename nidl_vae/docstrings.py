@@ -1,0 +1,111 @@
+"""Documentation of the parameters every estimator shares, written once."""
+
+# filled into the three class docstrings where ``<shared:name>`` stands
+SHARED_DOCS = {
+    "budget": """batch_size : int or 'auto', default='auto'
+        Rows per training step. 'auto' is ``n_samples // 16`` between 16 and 128: about 16
+        steps per epoch on a few hundred subjects, 128 rows on larger data.
+    max_epochs : int or 'auto', default='auto'
+        Passes over the data. 'auto' gives training about 1,000 optimizer steps, at least 100
+        and at most 2,000 epochs: 100 epochs of 112 rows on scikit-learn's digits, 100 of 31
+        rows (1,700 steps) on 500 subjects, 143 of 16 rows on 100. A fixed number of epochs
+        stops short on few subjects (100 epochs of 500 subjects at 128 rows are 400 steps).""",
+    "conv": """conv_channels : tuple of int, default=(8, 16, 32, 64)
+        Output channels of the default convolutional encoder's layers, used when X holds
+        images (n_samples, C, H, W) or volumes (n_samples, C, D, H, W): each layer is a 3-wide
+        convolution of stride 2 (halving every side), group normalisation and a ReLU; layers
+        stop before a side would fall below 2 voxels. The input is zero-padded to a multiple
+        of :math:`2^L` per side for L layers (91 x 109 x 91 to 96 x 112 x 96) and the mirrored
+        decoder of transposed convolutions crops its output back. On 300 brains built from
+        the MNI152 template (``benchmarks/bench_volumes.py``) a VAE's 4 latents read age at
+        R^2 0.886-0.931 over three seeds at 6 mm (PCA 0.932, the MLP on the masked voxels
+        0.942-0.950) and 0.926 at 4 mm (PCA 0.929, seed 0), with 1/40 and 1/50 of the MLP's
+        parameters;
+        (16, 32, 64, 128) costs about twice the time per epoch.""",
+    "train_draws": """n_train_draws : int, default=1
+        Number K of posterior draws per row in training. 1 trains on the ELBO; above 1, on the
+        importance-weighted bound (IWAE; MIWAE for data with missing cells), tighter than the
+        ELBO and the better imputer (on digits with 20% or 50% of the cells missing, K = 20
+        lowers the imputation error by 14-16%; ``benchmarks/bench_missing.py``), for K times
+        the decoder's work per step:
+
+        .. math:: -\\log \\frac1K \\sum_{k=1}^K p(x|z_k)
+            \\left[\\frac{p(z_k)}{q(z_k|x)}\\right]^\\beta, \\quad z_k \\sim q(z|x)
+
+        ``history_``'s 'loss' is then this bound, 'reconstruction' the mean over the draws
+        and 'kl' the analytic KL.""",
+    "linear_path": """linear_path : bool or 'auto', default='auto'
+        Give the default decoder a linear map from its input (latents, and conditions) to
+        its output besides its hidden layers, :math:`f(z) = g(z) + W_z z`, with
+        :math:`W_z` started at zero (``latent_dim`` times ``n_features_in_`` weights, plus a
+        column per condition). 'auto' gives it to the convolutional decoder of images and
+        volumes and not to the MLP. Measured with 4 latents: on 300 brains built from the
+        MNI152 template at 6 mm as volumes (``benchmarks/bench_volumes.py``), the
+        convolutional VAE's latents read age at R^2 0.928-0.961 with it (median 0.946)
+        and 0.787-0.935 without (median 0.905) over seeds 0-4 (PCA 0.932), and the decoded
+        change from 30 to 70 years correlates 0.989-0.990 with the planted one (without:
+        0.721-0.981): transposed convolutions draw shapes anywhere in the volume and spent the
+        latents on the subjects' smooth variation, while the path draws a fixed pattern per
+        latent, as the planted effect is. With the MLP (``bench_scale.py --only defaults``), on
+        the same brains masked (8,735 voxels) 0.940 with it and 0.938 without; on 500
+        synthetic volumes of 13,824 voxels (``make_cohort``, unmasked) 0.940 with it and
+        0.947 without (PCA 0.939).""",
+    "training": """stochastic_transform : bool, default=False
+        If True, ``transform`` returns one draw from the posterior (seeded, the same at every
+        call) instead of its mean.
+    early_stopping : bool, default=False
+        Hold out ``validation_fraction`` of the rows, stop when their loss has not improved for
+        ``n_iter_no_change`` epochs, and keep the weights of the best epoch.
+    validation_fraction : float, default=0.1
+        Fraction of the rows held out for early stopping.
+    n_iter_no_change : int, default=10
+        Epochs without improvement of the held-out loss before early stopping.
+    accelerator : str or Accelerator, default='auto'
+        Lightning accelerator: 'auto' uses a GPU when there is one.
+    devices : int, str or list, default=1
+        Lightning devices. Several devices start a distributed strategy.
+    precision : str or int, default='32-true'
+        Lightning precision, e.g. 'bf16-mixed' on GPUs.
+    trainer_params : dict, default=None
+        Any other ``pytorch_lightning.Trainer`` argument (logger, callbacks, strategy,
+        gradient_clip_val, default_root_dir, ...). Without ``default_root_dir``, the Trainer's
+        root is a temporary directory removed after fit. Callbacks are copied at every fit, so
+        a refit starts them afresh.
+    verbose : bool, default=False
+        Show a progress bar with the loss, and Lightning's messages. Otherwise nothing is
+        printed.
+    random_state : int, RandomState instance or None, default=None
+        Seeds weight initialisation, shuffling, the validation split, training noise and the
+        draws of ``score``, ``log_likelihood``, ``sample`` and a stochastic ``transform``, all
+        from generators the estimator owns: global generators are never touched and fits in
+        parallel threads give the results of serial fits. None draws fresh entropy.""",
+    "input": """X may be an array or DataFrame held in memory, an array that slices rows where it
+    lies (``np.memmap``, an h5py or zarr dataset) or a ``torch.utils.data.Dataset`` whose items
+    are single samples: data on disk is read a batch of rows at a time, never copied whole.""",
+    "images": """A sample is a row of features, or an image (C, H, W) or volume (C, D, H, W) in
+    PyTorch's layout: X of shape (n_samples, C, H, W) or (n_samples, C, D, H, W) gets default
+    convolutional networks (``conv_channels``), and ``inverse_transform`` and ``sample`` return
+    samples of that shape.""",
+    "attributes": """module_ : LightningModule
+        The trained module (eval mode, on the training device).
+    history_ : dict of list of float
+        Per-epoch means of 'loss', 'reconstruction' and 'kl' (nats), and 'val_*' with early
+        stopping.
+    n_iter_ : int
+        Epochs run.
+    encoder_reads_mask_ : bool, or dict of bool per modality for a CRMVAE
+        Whether the default encoder (a CRMVAE's default expert) reads the mask of missing
+        cells beside the values: the training data had NaN cells (in the rows that have the
+        modality).
+    n_features_in_ : int
+        Number of features seen in fit.
+    feature_names_in_ : ndarray of str
+        Only when X has string column names.""",
+}
+
+
+def fill_shared_docs(cls):
+    """Put the shared parameter documentation in a class's docstring."""
+    for name, text in SHARED_DOCS.items():
+        cls.__doc__ = cls.__doc__.replace(f"<shared:{name}>", text)
+    return cls
