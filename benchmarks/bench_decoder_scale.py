@@ -37,7 +37,8 @@ SETTINGS = [
 def active_dimensions(vae, X):
     """Latent dimensions whose mean KL to the prior exceeds 0.01 nats."""
     with torch.inference_mode():
-        mu, logvar = vae.module_.encode_step((torch.as_tensor(X, dtype=torch.float32),))
+        x = torch.as_tensor(X, dtype=torch.float32)
+        mu, logvar = vae.module_.model.posterior({"x": x})
         per_dim = gaussian_kl(mu[:, :, None], logvar[:, :, None]).mean(0)
     return int((per_dim > 0.01).sum())
 

@@ -24,7 +24,7 @@ from sklearn.impute import IterativeImputer, KNNImputer
 from sklearn.model_selection import train_test_split
 
 from nidl_vae import VAE
-from nidl_vae.vae import VAEModule
+from nidl_vae.vae import VAEModel
 
 TRAIN_DRAWS = 20
 
@@ -39,22 +39,11 @@ def missing_completely_at_random(X, rate, seed):
 @contextlib.contextmanager
 def equal_weights():
     """Impute with the plain mean of the K draws' decoded means (no importance weights)."""
-    weighted = VAEModule.weights_and_means
-
-    def unweighted(self, batch):
-        mu, logvar, terms = weighted(self, batch)
-
-        def equal(z):
-            log_w, means = terms(z)
-            return torch.zeros_like(log_w), means
-
-        return mu, logvar, equal
-
-    VAEModule.weights_and_means = unweighted
+    VAEModel.imputes_by_importance = False
     try:
         yield
     finally:
-        VAEModule.weights_and_means = weighted
+        VAEModel.imputes_by_importance = True
 
 
 def imputation_errors(rate: float, seed: int) -> dict:

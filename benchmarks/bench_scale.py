@@ -40,6 +40,7 @@ import time
 
 import numpy as np
 import torch
+from hand_inference import hand_transform
 from sklearn.datasets import load_digits
 from sklearn.decomposition import PCA
 from sklearn.linear_model import LinearRegression, LogisticRegression
@@ -235,6 +236,18 @@ def width(args):
         f"optimizer state {gb(state)}: {(max(rises) - state) / X.nbytes:.2f}x the data beyond "
         "the state"
     )
+    # transform through Trainer.predict against the estimators' former hand-written loop
+    pairs = [(timed(lambda: hand_transform(vae, X), 1), timed(lambda: vae.transform(X), 1))]
+    pairs += [
+        (timed(lambda: hand_transform(vae, X), 1), timed(lambda: vae.transform(X), 1))
+        for _ in range(max(args.repeats, 5) - 1)
+    ]
+    hand, trainer = (statistics.median(t) for t in zip(*pairs, strict=True))
+    print(
+        f"  transform: {trainer:.2f} s through Trainer.predict, {hand:.2f} s by the former hand "
+        f"loop: {statistics.median(t / h for h, t in pairs):.3f}x (median of {len(pairs)} "
+        "interleaved runs)"
+    )
 
 
 def per_sample_log_likelihood(vae: VAE, X: np.ndarray, K: int, batch_size_K: int = 100):
@@ -243,7 +256,7 @@ def per_sample_log_likelihood(vae: VAE, X: np.ndarray, K: int, batch_size_K: int
     the row stacked once per draw as the target, densities from ``torch.distributions``, a
     logsumexp per chunk and one over the chunks; through the fitted weights (ReLUs not in
     place, as in MultiVae's layers)."""
-    module = vae.module_
+    module = vae.module_.model
     layers = copy.deepcopy(module.decoder)
     for layer in layers.modules():
         if isinstance(layer, nn.ReLU):
@@ -260,7 +273,7 @@ def per_sample_log_likelihood(vae: VAE, X: np.ndarray, K: int, batch_size_K: int
     out = []
     with torch.no_grad():
         data = torch.from_numpy(X.astype(np.float32))
-        mu, logvar = module.encode_step((data,))
+        mu, logvar = module.posterior({"x": data})
         z_all = dist.Normal(mu, torch.exp(0.5 * logvar)).rsample([K]).permute(1, 0, 2)
         for i in range(len(data)):
             start, stop = 0, min(batch_size_K, K)
