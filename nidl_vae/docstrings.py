@@ -63,17 +63,21 @@ SHARED_DOCS = {
     accelerator : str or Accelerator, default='auto'
         Lightning accelerator: 'auto' uses a GPU when there is one.
     devices : int, str or list, default=1
-        Lightning devices. Several devices start a distributed strategy.
+        Lightning devices. Several devices start a distributed strategy; then every process
+        calls ``fit`` and the inference methods, and each gets every row, in order.
     precision : str or int, default='32-true'
-        Lightning precision, e.g. 'bf16-mixed' on GPUs.
+        Lightning precision of fit and of inference, e.g. '64-true', 'bf16-mixed' (CPUs and
+        GPUs), '16-mixed' (GPUs). Inference reads it at each call.
     trainer_params : dict, default=None
         Any other ``pytorch_lightning.Trainer`` argument (logger, callbacks, strategy,
-        gradient_clip_val, default_root_dir, ...). Without ``default_root_dir``, the Trainer's
-        root is a temporary directory removed after fit. Callbacks are copied at every fit, so
-        a refit starts them afresh.
+        gradient_clip_val, default_root_dir, ...), for fit and for inference (every method
+        runs ``Trainer.predict``). Without ``default_root_dir``, the Trainer's root is a
+        temporary directory removed after the call. Fit runs with copies of the callbacks, so
+        a refit starts them afresh; inference runs with the callbacks themselves (a
+        ``BasePredictionWriter`` gets each batch's ``{"index": positions, "values": ...}``).
     verbose : bool, default=False
-        Show a progress bar with the loss, and Lightning's messages. Otherwise nothing is
-        printed.
+        Show a progress bar with the loss (and one for inference), and Lightning's messages.
+        Otherwise nothing is printed.
     random_state : int, RandomState instance or None, default=None
         Seeds weight initialisation, shuffling, the validation split, training noise and the
         draws of ``score``, ``log_likelihood``, ``sample`` and a stochastic ``transform``, all
@@ -86,8 +90,9 @@ SHARED_DOCS = {
     PyTorch's layout: X of shape (n_samples, C, H, W) or (n_samples, C, D, H, W) gets default
     convolutional networks (``conv_channels``), and ``inverse_transform`` and ``sample`` return
     samples of that shape.""",
-    "attributes": """module_ : LightningModule
-        The trained module (eval mode, on the training device).
+    "attributes": """module_ : VAELightningModule
+        The trained LightningModule (eval mode, on the training device); its ``model`` holds
+        the math (the networks, the likelihood).
     history_ : dict of list of float
         Per-epoch means of 'loss', 'reconstruction' and 'kl' (nats), and 'val_*' with early
         stopping.

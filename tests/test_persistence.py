@@ -11,6 +11,7 @@ import pytest
 import torch
 from numpy.testing import assert_array_equal
 from pytorch_lightning.callbacks import Callback
+from sklearn.datasets import load_digits
 
 import nidl_vae
 from nidl_vae import CRMVAE, CVAE, VAE, load
@@ -235,3 +236,20 @@ def test_a_model_fitted_on_a_gpu_loads_on_the_cpu(table, tmp_path):
     loaded = _round_trip(vae, tmp_path)
     assert next(loaded.module_.parameters()).device.type == "cpu"
     np.testing.assert_allclose(loaded.transform(X), vae.transform(X), rtol=1e-4, atol=1e-5)
+
+
+def test_a_file_of_format_1_loads_with_the_same_results(tmp_path):
+    # format 1, before a model's math was a module of its own inside the LightningModule,
+    # kept its weights without the "model." prefix (files written by that code were checked
+    # to load and transform identically)
+    X = load_digits().data[:200] / 16
+    vae = VAE(latent_dim=3, max_epochs=2, random_state=0).fit(X)
+    vae.save(tmp_path / "now.npz")
+    with np.load(tmp_path / "now.npz") as archive:
+        arrays = {k: archive[k] for k in archive.files}
+    header = json.loads(str(arrays["__nidl_vae__"][()]))
+    assert header["format_version"] == 2
+    arrays["__nidl_vae__"] = np.array(json.dumps({**header, "format_version": 1}))
+    old = {k.replace("weight/model.", "weight/"): v for k, v in arrays.items()}
+    np.savez(tmp_path / "format1.npz", **old)
+    assert_array_equal(load(tmp_path / "format1.npz").transform(X), vae.transform(X))
