@@ -238,32 +238,6 @@ class BaseVAEEstimator(
         perm = np.random.default_rng(seed).permutation(n)
         return rows.subset(np.sort(perm[n_val:])), rows.subset(np.sort(perm[:n_val]))
 
-    def _batch_size(self, n: int) -> int:
-        if self.batch_size == "auto":
-            return min(128, max(16, n // 16))
-        return int(self.batch_size)
-
-    def _max_epochs(self, n_train: int, batch_size: int) -> int:
-        if self.max_epochs != "auto":
-            return int(self.max_epochs)
-        steps_per_epoch = -(-n_train // batch_size)
-        return int(np.clip(-(-AUTO_STEPS // steps_per_epoch), *AUTO_EPOCHS))
-
-    def _split(self, rows: Rows, seed: int) -> tuple[Rows, Rows | None]:
-        """The training rows and, with early stopping, the held-out validation rows."""
-        if not self.early_stopping:
-            return rows, None
-        n = len(rows)
-        n_val = int(round(self.validation_fraction * n))
-        if n_val < 1 or n - n_val < 1:
-            raise ValueError(
-                f"validation_fraction={self.validation_fraction} of {n} samples leaves "
-                f"{n_val} for validation and {n - n_val} for training; both need at least one. "
-                "Change validation_fraction, or set early_stopping=False."
-            )
-        perm = np.random.default_rng(seed).permutation(n)
-        return rows.subset(np.sort(perm[n_val:])), rows.subset(np.sort(perm[:n_val]))
-
     @contextmanager
     def _restored_on_failure(self) -> Iterator[None]:
         """Restore the estimator as it was if the block raises (a failed fit changes nothing)."""

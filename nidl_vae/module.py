@@ -240,12 +240,13 @@ class VAELightningModule(pl.LightningModule):
         the K shared noise draws."""
         posterior = self.model.posterior(batch)
         likelihood = self.model.draw_likelihood(batch)
-        chunks = self._shared_draws(posterior.mu)
-        # sums in float64: a float32 reduction's rounding depends on the batch's size
-        total = sum(likelihood.log_prob(_draws(posterior, e)).double().sum(0) for e in chunks)
-        return total / len(self.prediction.draws) - posterior.kl(
-            self.model.prior_distribution(batch)
-        )
+        # summed in place in float64: a float32 reduction's rounding depends on the batch's
+        # size, and a tensor kept per chunk would pin the heap between the chunks' temporaries
+        total = posterior.mu.new_zeros(len(posterior.mu), dtype=torch.float64)
+        for eps in self._shared_draws(posterior.mu):
+            total += likelihood.log_prob(_draws(posterior, eps)).double().sum(0)
+        prior = self.model.prior_distribution(batch)
+        return total / len(self.prediction.draws) - posterior.kl(prior)
 
     def _log_weights(self, posterior: Gaussian, prior: Gaussian | None, z: Tensor, eps: Tensor):
         """:math:`\\log p(z) - \\log q(z|x)` of draws ``z = mu + s * eps`` (k, B, D)."""
@@ -263,12 +264,16 @@ class VAELightningModule(pl.LightningModule):
         :math:`\\log \\frac1K \\sum_k p(x|z_k) p(z_k) / q(z_k|x)`."""
         posterior, prior = self.model.posterior(batch), self.model.prior_distribution(batch)
         likelihood = self.model.draw_likelihood(batch)
-        parts = []
+        # a running log-sum-exp over the chunks, updated in place: a tensor kept per chunk
+        # would pin the heap between the chunks' temporaries (1.4 GB for 20,000 draws)
+        running = posterior.mu.new_full((len(posterior.mu),), -math.inf, dtype=torch.float64)
+        part = torch.empty_like(running)
         for eps in self._shared_draws(posterior.mu):
             z = _draws(posterior, eps)
             log_w = likelihood.log_prob(z) + self._log_weights(posterior, prior, z, eps)
-            parts.append(torch.logsumexp(log_w.double(), 0))
-        return log_mean_exp(torch.stack(parts), len(self.prediction.draws))
+            torch.logsumexp(log_w.double(), 0, out=part)
+            torch.logaddexp(running, part, out=running)
+        return log_mean_exp(running[None], len(self.prediction.draws))
 
     def _predict_impute(self, batch: Batch) -> Tensor:
         """The conditional mean :math:`\\mathbb{E}[x | x_{\\mathrm{obs}}]` of every cell,
@@ -282,26 +287,26 @@ class VAELightningModule(pl.LightningModule):
         posterior, prior = self.model.posterior(batch), self.model.prior_distribution(batch)
         likelihood = self.model.draw_likelihood(batch)
         weighted_by_importance = self.model.imputes_by_importance
+        # running sums under the running maximum of the log weights, updated in place (see
+        # _predict_log_likelihood)
         top = weighted = total = None
         for eps in self._shared_draws(posterior.mu):
             z = _draws(posterior, eps)
             log_w, means = likelihood.log_prob_and_means(z)
             if weighted_by_importance:
-                log_w = log_w + self._log_weights(posterior, prior, z, eps)
+                log_w = (log_w + self._log_weights(posterior, prior, z, eps)).double()
             else:
-                log_w = torch.zeros_like(log_w)
-            log_w, means = log_w.double(), means.double()
-            chunk_top = log_w.max(0).values
-            new_top = chunk_top if top is None else torch.maximum(top, chunk_top)
-            w = torch.exp(log_w - new_top)
-            part, mass = torch.einsum("kb,kbp->bp", w, means), w.sum(0)
+                log_w = torch.zeros_like(log_w, dtype=torch.float64)
             if top is None:
-                weighted, total = part, mass
-            else:  # rescale what was summed under the previous maximum
-                shrink = torch.exp(top - new_top)
-                weighted = weighted * shrink[:, None] + part
-                total = total * shrink + mass
-            top = new_top
+                top = torch.full_like(log_w[0], -math.inf)
+                weighted = log_w.new_zeros(means.shape[1:])
+                total = torch.zeros_like(top)
+            new_top = torch.maximum(top, log_w.max(0).values)
+            shrink = torch.exp(top - new_top)  # rescales what was summed under the old maximum
+            w = torch.exp(log_w - new_top)
+            weighted.mul_(shrink[:, None]).add_(torch.einsum("kb,kbp->bp", w, means.double()))
+            total.mul_(shrink).add_(w.sum(0))
+            top.copy_(new_top)
         return weighted / total[:, None]
 
     def __getstate__(self):

@@ -147,7 +147,8 @@ holed = X.copy()
 holed[::7, 0] = np.nan
 vae = VAE(latent_dim=2, hidden_layer_sizes=(16,), max_epochs=3, random_state=0,
           accelerator="cpu", devices=2, trainer_params={"strategy": "ddp"}).fit(X)
-out = {"Z": vae.transform(X).tolist(), "elbo": vae.score_samples(X).tolist(),
+out = {"n_iter": vae.n_iter_, "loss": vae.history_["loss"],
+       "Z": vae.transform(X).tolist(), "elbo": vae.score_samples(X).tolist(),
        "imputed": vae.impute(holed, n_draws=30).tolist()}
 # the same fitted model, predicting in this process alone
 vae.set_params(devices=1, trainer_params=None)
@@ -159,7 +160,7 @@ with open(f"rank{rank}.json", "w") as f:
 """
 
 
-def test_two_processes_return_every_row_in_order_on_every_rank(tmp_path):
+def test_two_processes_fit_and_return_every_row_in_order_on_every_rank(tmp_path):
     script = tmp_path / "predict_ddp.py"
     script.write_text(textwrap.dedent(_DDP_PREDICT))
     done = subprocess.run(
@@ -167,6 +168,8 @@ def test_two_processes_return_every_row_in_order_on_every_rank(tmp_path):
     )
     assert done.returncode == 0, done.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["n_iter"] == 3 and np.isfinite(ranks[0]["loss"]).all()
+    assert ranks[0]["loss"] == ranks[1]["loss"]  # the epoch means are reduced over processes
     for out in ranks:
         # 203 rows over 2 processes: uneven shards, gathered and put back in order
         assert np.shape(out["Z"]) == (203, 2)
@@ -174,3 +177,14 @@ def test_two_processes_return_every_row_in_order_on_every_rank(tmp_path):
         assert_allclose(out["elbo"], out["elbo_1"], rtol=1e-6)
     assert ranks[0]["Z"] == ranks[1]["Z"] and ranks[0]["imputed"] == ranks[1]["imputed"]
     assert not np.isnan(ranks[0]["imputed"]).any()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("precision", ["16-mixed", "bf16-mixed", "bf16-true", "64-true"])
+def test_every_gpu_precision_fits_and_predicts(X, precision):
+    vae = VAE(**{**FAST, "max_epochs": 20}, accelerator="gpu", precision=precision).fit(X)
+    assert vae.history_["loss"][-1] < vae.history_["loss"][0]
+    Z = vae.transform(X)
+    assert Z.dtype == np.float32 and np.isfinite(Z).all()
+    assert np.isfinite(vae.score_samples(X)).all()
+    assert vae.module_.device.type == "cuda"

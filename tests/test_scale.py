@@ -1,10 +1,6 @@
 """The users' regime: data on disk and as Datasets, memory bounds, several processes, and
 convergence with default parameters on few subjects and many voxels."""
 
-import json
-import subprocess
-import sys
-import textwrap
 import threading
 import time
 
@@ -175,21 +171,6 @@ def test_log_likelihood_memory_is_flat_in_the_number_of_draws(digits):
     assert large < small + 50e6  # K x 40 more draws, no more than a chunk more memory
 
 
-_DDP_SCRIPT = """
-import json, os
-import numpy as np
-from nidl_vae import VAE
-
-X = np.random.default_rng(0).normal(size=(200, 6)).astype(np.float32)
-vae = VAE(latent_dim=2, hidden_layer_sizes=(16,), max_epochs=3, random_state=0,
-          accelerator="cpu", devices=2, trainer_params={"strategy": "ddp"}).fit(X)
-rank = int(os.environ.get("LOCAL_RANK", 0))
-with open(f"rank{rank}.json", "w") as out:
-    json.dump({"n_iter": vae.n_iter_, "loss": vae.history_["loss"],
-               "Z": vae.transform(X[:3]).tolist()}, out)
-"""
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("Estimator", [VAE, CVAE])
 def test_wide_decoders_score_through_the_expanded_quadratic_form(Estimator, monkeypatch):
@@ -222,20 +203,6 @@ def test_wide_decoders_score_through_the_expanded_quadratic_form(Estimator, monk
     direct = scores()
     for fast, slow in zip(expanded, direct, strict=True):
         assert_allclose(fast, slow, rtol=1e-5, atol=1e-3)
-
-
-def test_ddp_on_two_cpu_processes(tmp_path):
-    script = tmp_path / "fit_ddp.py"
-    script.write_text(textwrap.dedent(_DDP_SCRIPT))
-    done = subprocess.run(
-        [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=300
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    by_rank = {rank: json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)}
-    rank0 = by_rank[0]
-    assert rank0["n_iter"] == 3 and len(rank0["loss"]) == 3 and np.isfinite(rank0["loss"]).all()
-    assert rank0["loss"] == by_rank[1]["loss"]  # the epoch means are reduced over processes
-    assert np.isfinite(rank0["Z"]).all()
 
 
 @pytest.mark.slow
