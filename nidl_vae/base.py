@@ -295,19 +295,17 @@ class BaseVAEEstimator(
         flat = self._predict(Rows(Z, aligned, name="z"), "decode")
         return self._to_numpy(flat.reshape(len(flat), *self.input_shape_), dtype)
 
-    def _prior_draws(self, n: int, random_state, **aligned: np.ndarray) -> np.ndarray:
-        """One latent draw from the prior per row (of the conditions ``c``): the noise from
-        ``random_state``, or the estimator's own 'sample' stream."""
+    def _prior_draws(self, n: int, random_state, conditions=None) -> np.ndarray:
+        """``n`` latent draws from the prior (one per row of encoded ``conditions``), the
+        noise from ``random_state`` or, for None, from the estimator's own 'sample' stream."""
         shape = (n, self.latent_dim)
         if random_state is None:
             eps = standard_normal(self._seed, "sample", shape)
         else:
-            generator = torch.Generator().manual_seed(draw_seed(random_state))
-            eps = torch.randn(shape, generator=generator).numpy()
-        if not aligned:
+            eps = standard_normal(draw_seed(random_state), None, shape)
+        if conditions is None:
             return eps
-        rows = Rows(aligned.pop("c"), {"eps": eps, **aligned}, name="c")
-        return self._predict(rows, "prior_draw").numpy()
+        return self._predict(Rows(conditions, {"eps": eps}, name="c"), "prior_draw").numpy()
 
     # ------------------------------------------------------------------ public inference
     def transform(self, X) -> np.ndarray:

@@ -425,7 +425,7 @@ class CVAE(BaseVAEEstimator):
         check_is_fitted(self)
         check_positive_int(n_samples, "n_samples")
         C = np.repeat(self._encode_conditions(conditions, None, "sample"), n_samples, axis=0)
-        z = self._prior_draws(len(C), random_state, c=C)
+        z = self._prior_draws(len(C), random_state, conditions=C)
         return self._decode(z, np.float32, c=C)
 
     def score_samples(self, X, *, conditions=None, n_draws: int = 10) -> np.ndarray:

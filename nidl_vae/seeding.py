@@ -43,9 +43,11 @@ def stream_seed(seed: int, stream: str) -> int:
     return int(np.random.SeedSequence([seed, crc32(stream.encode())]).generate_state(1)[0])
 
 
-def standard_normal(seed: int, stream: str, shape: tuple[int, ...]) -> np.ndarray:
-    """Standard normal float32 noise of ``shape`` from the named stream, drawn on the host
-    (the same on every machine and device) and in order, so that the first rows of a larger
-    draw are the draw of fewer rows: a row's noise does not depend on how many rows follow."""
-    rng = np.random.Generator(np.random.PCG64(stream_seed(seed, stream)))
+def standard_normal(seed: int, stream: str | None, shape: tuple[int, ...]) -> np.ndarray:
+    """Standard normal float32 noise of ``shape`` from the named stream of ``seed`` (or from
+    ``seed`` itself for None), drawn on the host (the same on every machine and device) and
+    in order, so that the first rows of a larger draw are the draw of fewer rows: a row's
+    noise does not depend on how many rows follow."""
+    seed = seed if stream is None else stream_seed(seed, stream)
+    rng = np.random.Generator(np.random.PCG64(seed))
     return rng.standard_normal(shape, dtype=np.float32)

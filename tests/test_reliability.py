@@ -67,6 +67,10 @@ def test_lightning_does_not_rewind_the_global_generators_during_a_fit():
     with trainer.isolate_rng():  # outside our fits, Lightning rewinds as it means to
         inside = torch.randn(1)
     assert torch.equal(torch.randn(1), inside)
+    # and outside our fits Lightning is as it was: nothing is changed at import
+    from pytorch_lightning.utilities.seed import isolate_rng
+
+    assert trainer.isolate_rng is isolate_rng
 
 
 # ---------------------------------------------------------------- 2. Ctrl+C
