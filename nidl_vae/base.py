@@ -22,7 +22,6 @@ from contextlib import contextmanager
 from numbers import Integral, Real
 
 import numpy as np
-import pytorch_lightning as pl
 import torch
 from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
 from sklearn.utils._param_validation import Interval, StrOptions
@@ -34,7 +33,13 @@ from .docstrings import fill_shared_docs  # noqa: F401  (the models' decorator)
 from .latent_model import LatentModel
 from .module import Prediction, VAELightningModule, draws_per_chunk
 from .seeding import draw_seed, standard_normal
-from .training import TrainerOptions, fit_module, inference_batch_rows, predict
+from .training import (
+    TrainerOptions,
+    check_trainer_params,
+    fit_module,
+    inference_batch_rows,
+    predict,
+)
 from .validation import FLOAT_DTYPES, InputValidationMixin
 
 # optimizer steps the default budget (max_epochs='auto') aims for, and its bounds in epochs;
@@ -83,7 +88,8 @@ class BaseVAEEstimator(
         "early_stopping": ["boolean"],
         "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
         "n_iter_no_change": [Interval(Integral, 1, None, closed="left")],
-        "accelerator": [str, pl.accelerators.Accelerator],
+        # a name or an Accelerator of either Lightning namespace, checked by the Trainer
+        "accelerator": "no_validation",
         "devices": [Interval(Integral, -1, None, closed="left"), str, list],
         "precision": [str, Integral, None],
         "trainer_params": [dict, None],
@@ -194,23 +200,7 @@ class BaseVAEEstimator(
             if isinstance(getattr(self, name, None), bool):
                 raise ValueError(f"{name} must be an integer, not a boolean; got {name}=True.")
         check_layer_sizes(self.hidden_layer_sizes)
-        reserved = sorted(
-            set(self.trainer_params or {}) & {"max_epochs", "accelerator", "devices", "precision"}
-        )
-        if reserved:
-            raise ValueError(
-                f"trainer_params may not set {reserved}: they are estimator parameters, "
-                f"e.g. {type(self).__name__}({reserved[0]}=...)."
-            )
-        callbacks = (self.trainer_params or {}).get("callbacks") or []
-        callbacks = [callbacks] if isinstance(callbacks, pl.Callback) else callbacks
-        if not isinstance(callbacks, (list, tuple)) or not all(
-            isinstance(c, pl.Callback) for c in callbacks
-        ):
-            raise ValueError(
-                "trainer_params['callbacks'] must be a list of pytorch_lightning Callback "
-                f"instances; got {callbacks!r}."
-            )
+        check_trainer_params(self._trainer_options(), type(self).__name__)
 
     def _batch_size(self, n: int) -> int:
         if self.batch_size == "auto":

@@ -43,9 +43,15 @@ def rows_in_chunk(n_features: int) -> int:
     return max(1, CHUNK_VALUES // max(1, n_features))
 
 
+def _sample(item) -> np.ndarray:
+    """One sample of a Dataset's item, in its own shape (a row of features, an image
+    (C, H, W) or a volume (C, D, H, W)); of a tuple, as a ``TensorDataset`` gives ``(x,)`` or
+    ``(x, y)``, the first element."""
+    return np.asarray(item[0] if isinstance(item, tuple) else item, dtype=np.float32)
+
+
 def _read_dataset_rows(dataset: Dataset, index: np.ndarray) -> np.ndarray:
-    # each item keeps its shape: a row of features, an image (C, H, W) or a volume (C, D, H, W)
-    return np.stack([np.asarray(dataset[int(i)], dtype=np.float32) for i in index])
+    return np.stack([_sample(dataset[int(i)]) for i in index])
 
 
 def read_rows(X, index: np.ndarray | slice) -> np.ndarray:

@@ -266,7 +266,7 @@ class LinearNormalReadout:
         self.gram = weight.new_zeros(width, width, dtype=torch.float64)
         for _, w, inv in self._blocks():
             self.gram += w.T @ (w * inv[:, None])
-        self.constant = float(_observed_sum(torch.log(scale) + HALF_LOG_2PI, None, p))
+        self.constant = float(_observed_sum(torch.log(scale.detach()) + HALF_LOG_2PI, None, p))
 
     def _blocks(self):
         for start in range(0, self.weight.shape[0], _FEATURE_BLOCK):

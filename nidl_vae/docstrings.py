@@ -69,15 +69,17 @@ SHARED_DOCS = {
         Lightning precision of fit and of inference, e.g. '64-true', 'bf16-mixed' (CPUs and
         GPUs), '16-mixed' (GPUs). Inference reads it at each call.
     trainer_params : dict, default=None
-        Any other ``pytorch_lightning.Trainer`` argument (logger, callbacks, strategy,
-        gradient_clip_val, default_root_dir, ...), for fit and for inference (every method
+        Any other Lightning ``Trainer`` argument (logger, callbacks, strategy,
+        gradient_clip_val, default_root_dir, ...), its objects from ``pytorch_lightning`` or
+        from ``lightning.pytorch`` (not a mix), for fit and for inference (every method
         runs ``Trainer.predict``). Without ``default_root_dir``, the Trainer's root is a
         temporary directory removed after the call. Fit runs with copies of the callbacks, so
         a refit starts them afresh; inference runs with the callbacks themselves (a
         ``BasePredictionWriter`` gets each batch's ``{"index": positions, "values": ...}``).
     verbose : bool, default=False
-        Show a progress bar with the loss (and one for inference), and Lightning's messages.
-        Otherwise nothing is printed.
+        Show a progress bar with the loss in a terminal (and one for inference), and a line
+        per epoch (about 20 lines for long budgets) in a log file or notebook. Otherwise
+        nothing is printed; Lightning's own messages never are.
     random_state : int, RandomState instance or None, default=None
         Seeds weight initialisation, shuffling, the validation split, training noise and the
         draws of ``score``, ``log_likelihood``, ``sample`` and a stochastic ``transform``, all

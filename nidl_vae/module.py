@@ -65,8 +65,15 @@ class Prediction:
     draws_per_chunk: int = 1
 
 
-class VAELightningModule(pl.LightningModule):
-    """Training and inference of a latent variable model with Lightning.
+class VAELightningSteps:
+    """Training and inference of a latent variable model with Lightning: the code of
+    :class:`VAELightningModule`, written once for both of Lightning's namespaces.
+
+    Logged metrics (epoch means, reduced over processes): ``train_<term>`` and, with a
+    validation split, ``val_<term>`` for each of the model's ``loss_names`` (``train_loss``,
+    ``train_reconstruction``, ``train_kl``, ``val_loss``, ...), at the end of each epoch's
+    training and validation, where Lightning's monitoring callbacks (``EarlyStopping``,
+    ``ModelCheckpoint``) and loggers read them.
 
     Parameters
     ----------
@@ -164,9 +171,7 @@ class VAELightningModule(pl.LightningModule):
             return
         means = self._epoch_means(self._val_sums, "val")
         self.history_val[self.current_epoch] = means
-        self.log_dict(
-            {f"val_{k}": v for k, v in zip(self.loss_names, means, strict=True)}, prog_bar=True
-        )
+        self._log_means("val", means)
 
     def on_train_epoch_end(self) -> None:
         means = self._epoch_means(self._train_sums, "train")
@@ -176,7 +181,13 @@ class VAELightningModule(pl.LightningModule):
             raise FloatingPointError(
                 nan_message(f"became {means[0].item()} in epoch {self.current_epoch}")
             )
-        self.log_dict({k: v for k, v in zip(self.loss_names, means, strict=True)}, prog_bar=True)
+        self._log_means("train", means)
+
+    def _log_means(self, stage: str, means: Tensor) -> None:
+        # the means are reduced over processes already; sync_dist says so to Lightning (an
+        # all-reduce of identical values per epoch) instead of a warning under DDP
+        metrics = {f"{stage}_{k}": v for k, v in zip(self.loss_names, means, strict=True)}
+        self.log_dict(metrics, prog_bar=stage == "train", sync_dist=True)
 
     def _accumulate(self, stage: str, sums: Tensor, terms: Tensor, n: int) -> None:
         # one in-place op and no host sync per step: this runs at every batch
@@ -314,6 +325,13 @@ class VAELightningModule(pl.LightningModule):
         state["_noise"] = None  # a generator is rebuilt from the seed when needed
         state["prediction"] = None
         return state
+
+
+class VAELightningModule(VAELightningSteps, pl.LightningModule):
+    """The LightningModule of every model (see :class:`VAELightningSteps` for its steps and
+    parameters). A run whose Trainer options come from ``lightning.pytorch`` trains and
+    predicts through the same class rebuilt on that namespace's LightningModule
+    (:func:`nidl_vae.namespaces.view_in`), sharing this module's state."""
 
 
 def _draws(posterior: Gaussian, eps: Tensor) -> Tensor:

@@ -1,161 +1,33 @@
-"""The quiet Lightning Trainer every estimator fits and predicts with, and its callbacks.
+"""The Trainer every estimator fits and predicts with: quiet, in the Lightning namespace of
+the user's objects, and for inference gathered across processes.
 
 ``fit_module`` trains a module; ``predict`` runs one of its predictions (see
 :class:`~nidl_vae.module.Prediction`) through ``Trainer.predict`` and returns every row, in
 order, on every process: under a distributed strategy each process predicts a shard of the
-rows, then the shards are gathered and put back in order.
-
-Quiet without touching process-wide state: Lightning's info messages are dropped by a logging
-filter only for records emitted by a thread that is running a quiet fit, so a fit in a
-background thread neither silences nor is disturbed by other threads. The handful of Lightning
-warnings that a scikit-learn user cannot act on (hints about DataLoader workers for in-memory
-slicing, a deprecation inside Lightning itself) are filtered by message once, at import.
+rows, then the shards are gathered and put back in order. What surrounds every run (quiet
+logs, known warnings, random generators, Ctrl+C) is :mod:`nidl_vae.run_context`.
 """
 
 import copy
-import logging
-import signal
-import tempfile
-import threading
-import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
+import inspect
+import math
+import sys
 from dataclasses import dataclass
 
 import numpy as np
-import pytorch_lightning as pl
-import pytorch_lightning.trainer.trainer as _trainer_module
 import torch
-from lightning_fabric.utilities.exceptions import MisconfigurationException
-from pytorch_lightning.callbacks import Callback, EarlyStopping
 from torch import Tensor
 
 from .data import ROW_BLOCK, DeviceRows, Rows, is_streamed, make_loader, rows_in_chunk
 from .module import Prediction, VAELightningModule, nan_message
+from .namespaces import in_namespace, lightning, namespace_for, view_in
+from .run_context import lightning_run
 
-_LIGHTNING_LOGGERS = ("pytorch_lightning", "lightning.pytorch", "lightning_fabric", "lightning")
-
-for _message in (
-    # torch >= 2.13 deprecates a class Lightning 2.6 still builds per batch
-    r".*isinstance\(treespec, LeafSpec\).*",
-    # every module defines validation_step; only early stopping gives it data
-    r".*`validation_step` but have no `val_dataloader`.*",
-    # batches are sliced from memory or read by the estimator: workers are the user's choice
-    r".*does not have many workers.*",
-    r".*`IterableDataset` has `__len__` defined.*",
-):
-    warnings.filterwarnings("ignore", message=_message)
+# estimator parameters: trainer_params may not set them
+RESERVED = ("max_epochs", "accelerator", "devices", "precision")
 
 
-class _QuietThreads(logging.Filter):
-    """Drops Lightning's records emitted by threads in a quiet fit (a set of thread ids)."""
-
-    def __init__(self):
-        super().__init__()
-        self.threads: set[int] = set()
-        self.lock = threading.Lock()
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno >= logging.WARNING or record.thread not in self.threads
-
-
-_QUIET = _QuietThreads()
-
-
-def _install_filter() -> None:
-    """Attach the filter to every Lightning logger and to the handlers their records reach."""
-    names = [
-        name
-        for name in list(logging.root.manager.loggerDict)
-        if name.split(".")[0] in _LIGHTNING_LOGGERS
-    ]
-    for name in names:
-        logger = logging.getLogger(name)
-        for target in (logger, *logger.handlers):
-            if _QUIET not in target.filters:
-                target.addFilter(_QUIET)
-    for handler in logging.root.handlers:
-        if _QUIET not in handler.filters:
-            handler.addFilter(_QUIET)
-
-
-_IN_OUR_FIT = threading.local()
-_PATCH_LOCK = threading.Lock()
-_PATCH_USERS = 0
-
-
-def _isolate_rng_outside_our_fits(isolate_rng):
-    """Lightning's ``isolate_rng`` (saving the global generators' states around the sanity
-    check and restoring them after), skipped in threads running one of our fits: they draw
-    from no global generator, and the restore would rewind the draws other threads made in
-    between (a fit in a background thread then changed the main thread's random numbers)."""
-
-    @contextmanager
-    def isolated(*args, **kwargs):
-        if getattr(_IN_OUR_FIT, "active", False):
-            yield
-            return
-        with isolate_rng(*args, **kwargs):
-            yield
-
-    isolated.original = isolate_rng
-    return isolated
-
-
-@contextmanager
-def global_generators_untouched():
-    """Run one of our fits in this thread without Lightning rewinding the global generators.
-
-    While at least one of our fits runs, the trainer module's ``isolate_rng`` is a version
-    that skips the save-and-restore in threads marked here; Lightning is left as it was when
-    the last one ends, so nothing is changed at import or outside our fits.
-    """
-    global _PATCH_USERS
-    with _PATCH_LOCK:
-        if _PATCH_USERS == 0:
-            _trainer_module.isolate_rng = _isolate_rng_outside_our_fits(_trainer_module.isolate_rng)
-        _PATCH_USERS += 1
-    before = getattr(_IN_OUR_FIT, "active", False)
-    _IN_OUR_FIT.active = True
-    try:
-        yield
-    finally:
-        _IN_OUR_FIT.active = before
-        with _PATCH_LOCK:
-            _PATCH_USERS -= 1
-            if _PATCH_USERS == 0:
-                _trainer_module.isolate_rng = _trainer_module.isolate_rng.original
-
-
-@contextmanager
-def quiet_lightning(verbose: bool):
-    """Silence Lightning's info messages from this thread unless ``verbose``."""
-    if verbose:
-        yield
-        return
-    _install_filter()
-    ident = threading.get_ident()
-    with _QUIET.lock:
-        _QUIET.threads.add(ident)
-    try:
-        yield
-    finally:
-        with _QUIET.lock:
-            _QUIET.threads.discard(ident)
-
-
-def interrupted(exc: BaseException) -> bool:
-    """Whether ``exc`` is how Lightning ends a fit on Ctrl+C: ``sys.exit(1)`` in the main
-    thread, a ValueError from ``signal.signal`` in another, both raised while handling the
-    KeyboardInterrupt."""
-    while exc is not None:
-        if isinstance(exc, KeyboardInterrupt):
-            return True
-        exc = exc.__context__
-    return False
-
-
-class RestoreBestWeights(Callback):
+class _RestoreBestWeights:
     """Keep the weights of the epoch with the lowest ``monitor`` and load them when fit ends.
 
     History buffers are left out, so the whole training history survives the restore.
@@ -166,7 +38,7 @@ class RestoreBestWeights(Callback):
         self.best_score = float("inf")
         self.best_state: dict | None = None
 
-    def on_validation_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+    def on_validation_end(self, trainer, module) -> None:
         if trainer.sanity_checking or self.monitor not in trainer.callback_metrics:
             return
         score = float(trainer.callback_metrics[self.monitor])
@@ -178,9 +50,64 @@ class RestoreBestWeights(Callback):
                 if not k.startswith(("history_", "epochs_done", "steps_done"))
             }
 
-    def on_fit_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+    def on_fit_end(self, trainer, module) -> None:
         if self.best_state is not None:
             module.load_state_dict(self.best_state, strict=False)
+
+
+class _EpochLines:
+    """``verbose`` where no terminal shows a progress bar (a log file, a notebook): one line
+    per epoch, or per few epochs for long budgets (about 20 lines in all, the last epoch's
+    always), with the epoch's training means."""
+
+    def __init__(self, max_epochs: int):
+        self.every = max(1, math.ceil(max_epochs / 20))
+        self.max_epochs = max_epochs
+
+    def on_train_epoch_end(self, trainer, module) -> None:
+        epoch = trainer.current_epoch + 1
+        if trainer.global_rank or (epoch % self.every and epoch != self.max_epochs):
+            return
+        metrics = trainer.callback_metrics
+        shown = "  ".join(
+            f"{name} {float(value):.4g}"
+            for name, value in metrics.items()
+            if name.startswith(("train_", "val_"))
+        )
+        print(f"epoch {epoch}/{self.max_epochs}  {shown}", flush=True)
+
+
+def _callback(mixin: type, namespace: str) -> type:
+    """The callback class of ``mixin``'s code on ``namespace``'s Callback."""
+    return in_namespace(_CALLBACKS[mixin], namespace)
+
+
+class _EstimatorsEarlyStopping:
+    """``early_stopping=True``'s EarlyStopping, under a state key of its own: Lightning
+    refuses two EarlyStopping callbacks with one key, and a user may add theirs on
+    ``val_loss``."""
+
+    @property
+    def state_key(self) -> str:
+        return f"nidl_vae_{super().state_key}"
+
+
+def _pytorch_lightning_callbacks() -> dict:
+    from pytorch_lightning.callbacks import Callback, EarlyStopping
+
+    bases = {
+        _RestoreBestWeights: Callback,
+        _EpochLines: Callback,
+        _EstimatorsEarlyStopping: EarlyStopping,
+    }
+    return {
+        mixin: type(mixin.__name__.lstrip("_"), (mixin, base), {"__module__": __name__})
+        for mixin, base in bases.items()
+    }
+
+
+_CALLBACKS = _pytorch_lightning_callbacks()
+RestoreBestWeights = _CALLBACKS[_RestoreBestWeights]
 
 
 @dataclass(frozen=True)
@@ -193,6 +120,42 @@ class TrainerOptions:
     trainer_params: dict | None
     verbose: bool
 
+    @property
+    def namespace(self) -> str:
+        """The Lightning namespace of the objects in ``trainer_params``."""
+        return namespace_for(self.trainer_params)
+
+
+def check_trainer_params(options: TrainerOptions, estimator: str) -> None:
+    """A ValueError, before any training, for ``trainer_params`` that no Trainer takes: a
+    reserved name, an unknown argument, callbacks that are not Lightning Callbacks, or a mix
+    of Lightning's namespaces."""
+    user = dict(options.trainer_params or {})
+    reserved = sorted(set(user) & set(RESERVED))
+    if reserved:
+        raise ValueError(
+            f"trainer_params may not set {reserved}: they are estimator parameters, "
+            f"e.g. {estimator}({reserved[0]}=...)."
+        )
+    namespace = options.namespace
+    known = inspect.signature(lightning(namespace).Trainer.__init__).parameters
+    unknown = sorted(set(user) - set(known))
+    if unknown:
+        raise ValueError(
+            f"trainer_params has {unknown}, which {namespace}.Trainer does not take; its "
+            "arguments are listed in Lightning's Trainer documentation."
+        )
+    callbacks = user.get("callbacks") or []
+    Callback = lightning(namespace).Callback
+    callbacks = [callbacks] if isinstance(callbacks, Callback) else callbacks
+    if not isinstance(callbacks, (list, tuple)) or not all(
+        isinstance(c, Callback) for c in callbacks
+    ):
+        raise ValueError(
+            "trainer_params['callbacks'] must be a list of Lightning Callback instances "
+            f"(pytorch_lightning or lightning.pytorch); got {callbacks!r}."
+        )
+
 
 def build_trainer(
     options: TrainerOptions,
@@ -201,16 +164,21 @@ def build_trainer(
     max_epochs: int = 1,
     early_stopping_patience: int | None = None,
     predicting: bool = False,
-) -> pl.Trainer:
+):
     """A Trainer that writes nothing and prints nothing unless asked.
 
-    Logger, checkpointing, model summary, sanity validation and the progress bar are off
-    (the bar is on when ``verbose``); ``trainer_params`` overrides any of these and adds any
-    other Trainer argument. For fitting, its callbacks are deep-copied, so every fit starts
-    them afresh, and run before the estimator's own; for predicting, the user's callbacks
-    themselves run (a prediction writer or a callback collecting batches is theirs to read).
-    An impossible device setting is a ValueError.
+    Logger, checkpointing, model summary, sanity validation and the progress bar are off;
+    ``verbose`` shows the bar in a terminal, and elsewhere (a log file, a notebook) a line
+    per epoch of a fit. ``trainer_params`` overrides any of these and adds any other Trainer
+    argument. For fitting, its callbacks are deep-copied, so every fit starts them afresh,
+    and run before the estimator's own; for predicting, the user's callbacks themselves run
+    (a prediction writer or a callback collecting batches is theirs to read). The Trainer,
+    and the estimator's callbacks, are of the namespace of the user's objects. Options the
+    Trainer refuses (an impossible device, a wrong type) are a ValueError.
     """
+    namespace = options.namespace
+    L = lightning(namespace)
+    terminal = bool(options.verbose) and sys.stderr.isatty()
     settings = dict(
         max_epochs=max_epochs,
         accelerator=options.accelerator,
@@ -219,48 +187,37 @@ def build_trainer(
         logger=False,
         enable_checkpointing=False,
         enable_model_summary=False,
-        enable_progress_bar=bool(options.verbose),
+        enable_progress_bar=terminal,
         num_sanity_val_steps=0,
         default_root_dir=root_dir,
     )
     user = dict(options.trainer_params or {})
     user_callbacks = user.pop("callbacks", None) or []
-    if isinstance(user_callbacks, Callback):
+    if isinstance(user_callbacks, L.Callback):
         user_callbacks = [user_callbacks]
+    # a user's ModelCheckpoint needs checkpointing on (it writes where they say)
+    checkpoints = [c for c in user_callbacks if isinstance(c, L.callbacks.ModelCheckpoint)]
+    settings["enable_checkpointing"] = bool(checkpoints)
     settings.update(user)
     callbacks = list(user_callbacks) if predicting else copy.deepcopy(list(user_callbacks))
+    if options.verbose and not terminal and not predicting:
+        callbacks.append(_callback(_EpochLines, namespace)(max_epochs))
     if early_stopping_patience is not None:
         callbacks += [
-            EarlyStopping(monitor="val_loss", patience=early_stopping_patience, mode="min"),
-            RestoreBestWeights("val_loss"),
+            _callback(_EstimatorsEarlyStopping, namespace)(
+                monitor="val_loss", patience=early_stopping_patience, mode="min"
+            ),
+            _callback(_RestoreBestWeights, namespace)("val_loss"),
         ]
     try:
-        return pl.Trainer(callbacks=callbacks, **settings)
-    except MisconfigurationException as exc:
+        return L.Trainer(callbacks=callbacks, **settings)
+    except (L.utilities.exceptions.MisconfigurationException, TypeError, ValueError) as exc:
         raise ValueError(
-            f"accelerator={options.accelerator!r}, devices={options.devices!r} cannot be used "
-            f"here: {exc} Use accelerator='auto' (a GPU when there is one, else the CPU) and "
-            "devices=1."
+            f"The Trainer options cannot be used here (accelerator={options.accelerator!r}, "
+            f"devices={options.devices!r}, precision={options.precision!r}, trainer_params="
+            f"{sorted(options.trainer_params or {})}): {exc} Use accelerator='auto' (a GPU "
+            "when there is one, else the CPU) and devices=1, or fix the option named."
         ) from None
-
-
-@contextmanager
-def _lightning_run(verbose: bool) -> Iterator[str]:
-    """Around a Trainer's run: a temporary root directory (removed after), Lightning quiet
-    unless ``verbose``, the global generators untouched, and Ctrl+C a KeyboardInterrupt with
-    the caller's SIGINT handler back."""
-    with (
-        tempfile.TemporaryDirectory(prefix="nidl_vae_") as root,
-        quiet_lightning(verbose),
-        _sigint_restored(),
-        global_generators_untouched(),
-    ):
-        try:
-            yield root
-        except (SystemExit, ValueError) as exc:
-            if interrupted(exc):
-                raise KeyboardInterrupt from None
-            raise
 
 
 def _cuda_free_bytes(device: torch.device) -> int:
@@ -296,7 +253,7 @@ def fit_module(
     """Train ``module`` with a quiet Trainer; return it in eval mode with no Trainer, no
     optimizer state and no gradients attached. A ValueError when no step ran, a
     FloatingPointError when the trained model's loss is not finite."""
-    with _lightning_run(options.verbose) as root:
+    with lightning_run(options.namespace) as root:
         trainer = build_trainer(
             options, root, max_epochs=max_epochs, early_stopping_patience=early_stopping_patience
         )
@@ -305,7 +262,8 @@ def fit_module(
         val_loader = None
         if val is not None:
             val_loader = _loader(val, device, inference_batch_rows(val.n_features), False, seed)
-        trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader)
+        run = view_in(module, options.namespace)
+        trainer.fit(run, train_dataloaders=train_loader, val_dataloaders=val_loader)
         # the optimizer's moments and the last gradients are as large as the weights: a
         # fitted estimator keeps the weights only
         trainer.strategy.optimizers = []
@@ -364,10 +322,10 @@ def predict(
         # 32-bit and mixed precisions read float32 weights; the others convert them
         module.float()
     try:
-        with _lightning_run(options.verbose) as root:
+        with lightning_run(options.namespace) as root:
             trainer = build_trainer(options, root, predicting=True)
             loader = make_loader(rows, inference_batch_rows(rows.n_features), False, 0)
-            outputs = trainer.predict(module, loader) or []
+            outputs = trainer.predict(view_in(module, options.namespace), loader) or []
             world_size = trainer.world_size
     finally:
         module.prediction = None
@@ -392,16 +350,3 @@ def predict(
     values = values[torch.from_numpy(first)]
     # half-precision results (bf16-mixed) are returned in float32, as the estimators' outputs
     return values.float() if values.dtype in (torch.bfloat16, torch.float16) else values
-
-
-@contextmanager
-def _sigint_restored() -> Iterator[None]:
-    """Lightning ignores Ctrl+C after catching one; put the caller's handler back."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    handler = signal.getsignal(signal.SIGINT)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, handler)

@@ -56,7 +56,7 @@ def test_lightning_does_not_rewind_the_global_generators_during_a_fit():
     # now and then on a busy machine). Within our fits it restores nothing.
     from pytorch_lightning.trainer import trainer
 
-    from nidl_vae.training import global_generators_untouched
+    from nidl_vae.run_context import global_generators_untouched
 
     torch.manual_seed(0)
     expected = torch.randn(2)
@@ -129,7 +129,7 @@ def test_no_training_step_is_an_error(X200):
 
 # ---------------------------------------------------------------- 4. callbacks across fits
 def test_refit_with_a_user_callback_gives_the_same_result(X200):
-    stop = EarlyStopping("loss", patience=1)
+    stop = EarlyStopping("train_loss", patience=1)
     vae = VAE(**{**S, "max_epochs": 30}, trainer_params={"callbacks": [stop]})
     first = vae.fit(X200).transform(X200), vae.n_iter_
     second = vae.fit(X200).transform(X200), vae.n_iter_

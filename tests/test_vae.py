@@ -315,7 +315,12 @@ def test_verbose_shows_a_progress_bar_with_the_loss(small_X, tmp_path, capfd, mo
     monkeypatch.chdir(tmp_path)
     VAE(verbose=True, max_epochs=2, random_state=0).fit(small_X)
     out, err = capfd.readouterr()
-    assert "Epoch 1" in out + err and "loss" in out + err
+    # no terminal here: a line per epoch
+    assert out.splitlines()[-1].startswith("epoch 2/2  train_loss ") and err == ""
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    VAE(verbose=True, max_epochs=2, random_state=0).fit(small_X)
+    out, err = capfd.readouterr()
+    assert "Epoch 1" in out + err and "train_loss" in out + err  # Lightning's progress bar
 
 
 def test_user_loggers_and_callbacks_are_used(small_X, tmp_path):
