@@ -72,26 +72,6 @@ def _install_filter() -> None:
             handler.addFilter(_QUIET)
 
 
-_QUIET = _QuietThreads()
-
-
-def _install_filter() -> None:
-    """Attach the filter to every Lightning logger and to the handlers their records reach."""
-    names = [
-        name
-        for name in list(logging.root.manager.loggerDict)
-        if name.split(".")[0] in _LIGHTNING_LOGGERS
-    ]
-    for name in names:
-        logger = logging.getLogger(name)
-        for target in (logger, *logger.handlers):
-            if _QUIET not in target.filters:
-                target.addFilter(_QUIET)
-    for handler in logging.root.handlers:
-        if _QUIET not in handler.filters:
-            handler.addFilter(_QUIET)
-
-
 _IN_OUR_FIT = threading.local()
 _PATCH_LOCK = threading.Lock()
 _PATCH_USERS: dict[str, int] = {}

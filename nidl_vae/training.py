@@ -77,11 +77,6 @@ class _EpochLines:
         print(f"epoch {epoch}/{self.max_epochs}  {shown}", flush=True)
 
 
-def _callback(mixin: type, namespace: str) -> type:
-    """The callback class of ``mixin``'s code on ``namespace``'s Callback."""
-    return in_namespace(_CALLBACKS[mixin], namespace)
-
-
 class _EstimatorsEarlyStopping:
     """``early_stopping=True``'s EarlyStopping, under a state key of its own: Lightning
     refuses two EarlyStopping callbacks with one key, and a user may add theirs on
@@ -107,7 +102,11 @@ def _pytorch_lightning_callbacks() -> dict:
 
 
 _CALLBACKS = _pytorch_lightning_callbacks()
-RestoreBestWeights = _CALLBACKS[_RestoreBestWeights]
+
+
+def _callback(mixin: type, namespace: str) -> type:
+    """The callback class of ``mixin``'s code on ``namespace``'s Callback."""
+    return in_namespace(_CALLBACKS[mixin], namespace)
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ def X():
 
 
 @pytest.mark.parametrize("namespace", NAMESPACES)
-def test_callbacks_and_loggers_of_either_namespace_work_in_fit_and_inference(
+def test_callbacks_loggers_and_profilers_of_either_namespace_work_in_fit_and_inference(
     X, namespace, tmp_path
 ):
     L = NAMESPACES[namespace]
@@ -43,7 +43,8 @@ def test_callbacks_and_loggers_of_either_namespace_work_in_fit_and_inference(
 
     logger = L.loggers.CSVLogger(tmp_path, name="run")
     params = {"callbacks": [Count(), L.callbacks.EarlyStopping("train_loss", patience=50)]}
-    vae = VAE(**FAST, max_epochs=4, trainer_params={**params, "logger": logger}).fit(X)
+    params |= {"logger": logger, "profiler": L.profilers.PassThroughProfiler()}
+    vae = VAE(**FAST, max_epochs=4, trainer_params=params).fit(X)
     Z = vae.transform(X)
     assert Count.epochs == 4 and Count.rows == 120
     assert type(vae.module_).__module__ == "nidl_vae.module"  # pickles as it always did
