@@ -40,7 +40,7 @@ from .training import (
     inference_batch_rows,
     predict,
 )
-from .validation import FLOAT_DTYPES, InputValidationMixin
+from .validation import InputValidationMixin, output_dtype
 
 # optimizer steps the default budget (max_epochs='auto') aims for, and its bounds in epochs;
 # ``python benchmarks/bench_scale.py --defaults`` measures the choice on digits and on a wide
@@ -260,8 +260,7 @@ class BaseVAEEstimator(
         return tensor.detach().cpu().numpy().astype(dtype, copy=False)
 
     def _output_dtype(self, X):
-        dtype = getattr(X, "dtype", np.float32)
-        return dtype if dtype in FLOAT_DTYPES else np.float32
+        return output_dtype(X)
 
     def _encode(self, rows: Rows, dtype) -> np.ndarray:
         """Posterior means (or a seeded draw if ``stochastic_transform``) of the rows."""
@@ -310,7 +309,8 @@ class BaseVAEEstimator(
         Returns
         -------
         Z : ndarray of shape (n_samples, latent_dim)
-            In X's float dtype (float32 for data on disk of another type).
+            Float32 for float32 X (and a Dataset), float64 otherwise (float64, integer or
+            boolean X, a DataFrame or tensor of them).
         """
         return self._encode(self._prediction_rows(X), self._output_dtype(X))
 
@@ -447,7 +447,7 @@ class BaseVAEEstimator(
         -------
         X_imputed : ndarray of X's shape (a DataFrame with X's index and columns for a
             DataFrame input)
-            In X's float dtype.
+            Float32 for float32 X (and a Dataset), float64 otherwise.
         """
         return self._impute(X, self._prediction_rows(X), n_draws)
 

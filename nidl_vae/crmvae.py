@@ -33,7 +33,7 @@ from sklearn.utils._param_validation import StrOptions
 from torch import Tensor, nn
 
 from .base import BaseVAEEstimator, check_layer_sizes, check_positive_int
-from .data import Rows, check_finite, iter_chunks, moments
+from .data import Rows, check_finite, check_float32_range, iter_chunks, moments
 from .distributions import DECODER_DISTS, DecoderLikelihood, check_data_fits
 from .docstrings import fill_shared_docs
 from .latent_model import Batch, DrawLikelihood, Gaussian, LatentModel, Noise
@@ -392,6 +392,8 @@ class CRMVAE(BaseVAEEstimator):
                 yield chunk
 
         stats = moments(checked_chunks(), nan_aware=True) if with_moments else None
+        if stats is not None:
+            check_float32_range(np.array([np.nanmin(stats.min), np.nanmax(stats.max)]))
         if not with_moments:
             for _ in checked_chunks():
                 pass
@@ -578,7 +580,7 @@ class CRMVAE(BaseVAEEstimator):
         Returns
         -------
         Z : ndarray of shape (n_samples, latent_dim)
-            In X's float dtype.
+            Float32 for float32 X (and a Dataset), float64 otherwise.
         """
         rows, observed, _, _ = self._rows(X)
         if modalities is not None:

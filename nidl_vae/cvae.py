@@ -376,7 +376,7 @@ class CVAE(BaseVAEEstimator):
         Returns
         -------
         Z : ndarray of shape (n_samples, latent_dim)
-            In X's float dtype.
+            Float32 for float32 X (and a Dataset), float64 otherwise.
         """
         rows = self._conditioned_rows(X, conditions, "transform")
         return self._encode(rows, self._output_dtype(X))
@@ -510,7 +510,7 @@ class CVAE(BaseVAEEstimator):
         Returns
         -------
         X_imputed : ndarray of X's shape (a DataFrame for a DataFrame input)
-            In X's float dtype.
+            Float32 for float32 X (and a Dataset), float64 otherwise.
         """
         return self._impute(X, self._conditioned_rows(X, conditions, "impute"), n_draws)
 

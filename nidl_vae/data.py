@@ -80,6 +80,21 @@ def check_finite(rows: np.ndarray, name: str) -> np.ndarray:
     return rows
 
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def check_float32_range(rows: np.ndarray) -> None:
+    """A ValueError for float64 values beyond float32's range, in which the networks compute
+    (they would turn into infinities, and the latents into NaN)."""
+    if rows.dtype == np.float64 and rows.size:
+        largest = np.nanmax(np.abs(rows), initial=0.0)
+        if largest > FLOAT32_MAX:
+            raise ValueError(
+                f"X has values up to {largest:.3g}, beyond float32's range ({FLOAT32_MAX:.3g}) "
+                "in which the networks compute: rescale X (e.g. divide it by a power of ten)."
+            )
+
+
 def n_rows(X) -> int:
     return len(X) if isinstance(X, Dataset) and not hasattr(X, "shape") else int(X.shape[0])
 
@@ -223,6 +238,7 @@ class Rows(Dataset):
         raw = read_rows(self.X, index)
         if self.check is not None:
             check_finite(raw, self.check)
+        check_float32_range(raw)
         arrays = {self.name: raw, **{k: a[index] for k, a in self.aligned.items()}}
         return {k: torch.from_numpy(_own_float32(a)) for k, a in arrays.items()}
 

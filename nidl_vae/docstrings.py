@@ -91,7 +91,9 @@ SHARED_DOCS = {
     "images": """A sample is a row of features, or an image (C, H, W) or volume (C, D, H, W) in
     PyTorch's layout: X of shape (n_samples, C, H, W) or (n_samples, C, D, H, W) gets default
     convolutional networks (``conv_channels``), and ``inverse_transform`` and ``sample`` return
-    samples of that shape.""",
+    samples of that shape. Images have at most 16 channels: volumes stacked without a channel
+    axis, (n_samples, D, H, W), are refused with the fix (``X[:, None]``). NIfTI images or
+    their paths are refused with the pipeline to use (nilearn's ``NiftiMasker`` in front).""",
     "attributes": """module_ : VAELightningModule
         The trained LightningModule (eval mode, on the training device); its ``model`` holds
         the math (the networks, the likelihood).

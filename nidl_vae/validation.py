@@ -6,6 +6,7 @@ A mixin of the estimator base: it sets the fitted input attributes (``n_features
 """
 
 import math
+import os
 
 import numpy as np
 from sklearn.utils.validation import (
@@ -19,6 +20,53 @@ from . import data
 from .data import Moments, Rows, is_streamed, moments
 
 FLOAT_DTYPES = (np.float64, np.float32)
+# a 4-D X is images (n, C, H, W) up to this many channels; with more, its second axis is more
+# likely a volume's depth (n, D, H, W), which must get a channel axis
+MAX_IMAGE_CHANNELS = 16
+NIFTI_SUFFIXES = (".nii", ".nii.gz", ".img", ".hdr", ".mgz")
+_NIFTI_HELP = (
+    "the estimators take arrays: put nilearn's NiftiMasker in front, "
+    "make_pipeline(NiftiMasker(mask_img=mask), VAE()).fit(paths), or give the volumes as an "
+    "array of shape (n_subjects, 1, D, H, W)"
+)
+
+
+def refuse_what_cannot_be_read(X) -> None:
+    """A ValueError that says what to do for input the estimators cannot read as numbers:
+    NIfTI images or their paths, a DataFrame with non-numeric columns."""
+    if hasattr(X, "get_fdata"):
+        raise ValueError(f"X is a NIfTI image (nibabel); {_NIFTI_HELP}.")
+    if isinstance(X, (list, tuple)) and len(X):
+        first = X[0]
+        if hasattr(first, "get_fdata"):
+            raise ValueError(f"X is a list of NIfTI images (nibabel); {_NIFTI_HELP}.")
+        if isinstance(first, (str, os.PathLike)):
+            what = "NIfTI files" if str(first).endswith(NIFTI_SUFFIXES) else "file names"
+            raise ValueError(f"X is a list of {what} ({str(first)!r}, ...); {_NIFTI_HELP}.")
+    dtypes = getattr(X, "dtypes", None)
+    if dtypes is not None and hasattr(dtypes, "items") and hasattr(X, "columns"):
+        from pandas.api.types import is_bool_dtype, is_numeric_dtype
+
+        text = [c for c, t in dtypes.items() if not (is_numeric_dtype(t) or is_bool_dtype(t))]
+        if text:
+            raise ValueError(
+                f"Column {text[0]!r} of X (and {len(text) - 1} others) is not numeric "
+                f"({dtypes[text[0]]}). Encode it first, e.g. with a ColumnTransformer in front: "
+                f"make_pipeline(make_column_transformer((OneHotEncoder(), {text[:3]!r}), "
+                "remainder='passthrough'), VAE())."
+            )
+
+
+def output_dtype(X):
+    """The float type of the estimators' outputs for input X: float32 for float32 input (and
+    for a Dataset, whose samples are read as float32), float64 otherwise, as scikit-learn's
+    transformers give for float64, integer and boolean input."""
+    dtype = getattr(X, "dtype", None)
+    if dtype is None and hasattr(X, "dtypes"):  # a DataFrame
+        return np.float32 if {str(t) for t in X.dtypes} == {"float32"} else np.float64
+    if dtype is None:
+        return np.float32 if data.is_streamed(X) else np.float64
+    return np.float32 if str(dtype) in ("float32", "torch.float32") else np.float64
 
 
 class InputValidationMixin:
@@ -37,6 +85,7 @@ class InputValidationMixin:
         """
         if not reset:
             check_is_fitted(self)
+        refuse_what_cannot_be_read(X)
         finite = "allow-nan"  # NaN cells are missing values; infinity is an error
         if is_streamed(X):
             n = data.n_rows(X)
@@ -87,6 +136,13 @@ class InputValidationMixin:
                 f"Expected X of shape (n_samples, n_features), images (n_samples, C, H, W) or "
                 f"volumes (n_samples, C, D, H, W); got samples of shape {shape}."
             )
+        if len(shape) == 3 and shape[0] > MAX_IMAGE_CHANNELS and self._accepts_images:
+            raise ValueError(
+                f"X of shape (n_samples, {', '.join(map(str, shape))}) would be images of "
+                f"{shape[0]} channels; volumes (n_samples, D, H, W), as stacked get_fdata() "
+                "arrays are, need a channel axis: give X[:, None] (n_samples, 1, D, H, W). "
+                f"Images have at most {MAX_IMAGE_CHANNELS} channels here."
+            )
         if len(shape) > 1 and not self._accepts_images:
             raise ValueError(
                 f"{name} takes X of shape (n_samples, n_features); got samples of shape "
@@ -118,10 +174,13 @@ class InputValidationMixin:
 
     def _scan(self, X, rows=None) -> Moments:
         """Per-feature moments of X's rows in float64 (NaN cells left out), a chunk at a time;
-        a ValueError on infinite values, as scikit-learn's validation gives."""
+        a ValueError on infinite values, as scikit-learn's validation gives, and on values
+        beyond float32's range."""
         name = type(self).__name__
         chunks = (data.check_finite(c, name) for c in data.iter_chunks(X, rows))
-        return moments(chunks, nan_aware=True)
+        stats = moments(chunks, nan_aware=True)
+        data.check_float32_range(np.array([stats.min.min(initial=0.0), stats.max.max(initial=0.0)]))
+        return stats
 
     def _validate_Z(self, Z) -> np.ndarray:
         check_is_fitted(self)

@@ -221,3 +221,53 @@ def test_crmvae_boolean_modality_names_and_single_row_modality(X200):
         warnings.simplefilter("always")
         CRMVAE(modalities=[32, 32], **S).fit(X)
     assert not [w for w in caught if "degrees of freedom" in str(w.message)]
+
+
+# ---------------------------------------------------------------- 6. what a neuroimager gives
+def test_volumes_without_a_channel_axis_are_refused_with_the_fix():
+    volumes = np.random.default_rng(0).normal(size=(6, 20, 8, 8))  # stacked get_fdata()
+    with pytest.raises(ValueError, match=r"need a channel axis: give X\[:, None\]"):
+        VAE(max_epochs=1).fit(volumes)
+    # 2-D rows, 4-D images of few channels and 5-D volumes are read as they are
+    for shape in [(6, 12), (6, 3, 8, 8), (6, 1, 20, 8, 8)]:
+        X = np.random.default_rng(0).normal(size=shape)
+        assert VAE(max_epochs=1, latent_dim=2).fit(X).input_shape_ == shape[1:]
+    with pytest.raises(ValueError, match="got samples of shape"):
+        VAE(max_epochs=1).fit(np.zeros((6, 4, 4)))  # 3-D X: neither rows nor images
+
+
+def test_nifti_input_and_text_columns_say_what_to_do(tmp_path):
+    import nibabel
+    import pandas as pd
+
+    image = nibabel.Nifti1Image(np.zeros((4, 4, 4, 3), dtype=np.float32), np.eye(4))
+    with pytest.raises(ValueError, match=r"NIfTI image .*NiftiMasker\(mask_img=mask\)"):
+        VAE().fit(image)
+    with pytest.raises(ValueError, match=r"list of NIfTI files \('/data/sub-00.nii.gz', ...\)"):
+        VAE().fit(["/data/sub-00.nii.gz", "/data/sub-01.nii.gz"])
+    table = pd.DataFrame({"age": [30.0, 40.0, 50.0], "sex": ["F", "M", "F"]})
+    with pytest.raises(ValueError, match=r"Column 'sex' of X .*OneHotEncoder\(\), \['sex'\]"):
+        VAE().fit(table)
+
+
+def test_outputs_are_float64_unless_the_input_is_float32_and_huge_values_are_refused():
+    import pandas as pd
+
+    X = np.random.default_rng(0).normal(size=(40, 5))
+    vae = VAE(max_epochs=2, latent_dim=2, random_state=0).fit(X)
+    for given, dtype in [
+        (X, np.float64),
+        (X.astype(np.float32), np.float32),
+        ((X * 10).astype(np.int16), np.float64),
+        (X > 0, np.float64),
+        (pd.DataFrame(X), np.float64),
+        (pd.DataFrame(X.astype(np.float32)), np.float32),
+        (torch.from_numpy(X), np.float64),
+    ]:
+        assert vae.transform(given).dtype == dtype
+    huge = X.copy()
+    huge[3, 2] = 1e39
+    with pytest.raises(ValueError, match="beyond float32's range"):
+        VAE(max_epochs=1).fit(huge)
+    with pytest.raises(ValueError, match="beyond float32's range"):
+        vae.transform(huge)
