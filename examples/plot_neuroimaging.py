@@ -3,15 +3,16 @@ Neuroimaging: a VAE behind a NiftiMasker
 ========================================
 
 A synthetic cohort built from nilearn's bundled MNI152 template at 6 mm
-(:func:`nidl_vae.datasets.make_mni_cohort`), handed over as NIfTI images: each subject's image
-is the template with an age effect (tissue loss around two medial temporal regions that grows
-with age), smooth subject-specific variation and noise.
+(:func:`nidl_vae.datasets.make_mni_cohort`), written as one NIfTI file per subject, as a study
+keeps them: each subject's image is the template with an age effect (tissue loss around two
+medial temporal regions that grows with age), smooth subject-specific variation and noise.
 
-``NiftiMasker -> VAE`` is an ordinary scikit-learn Pipeline: fitted on images, it gives a few
-latent coordinates per subject, from which age is read as well as from as many principal
-components. Decoding the mean latent of 30- and of 70-year-olds draws the ageing effect: the
-decoded change from 30 to 70 years lies where the planted one does and
-has its size (both printed below).
+``NiftiMasker -> VAE`` is an ordinary scikit-learn Pipeline, both ways: fitted on the list of
+files, it gives a few latent coordinates per subject, from which age is read as well as from
+as many principal components; and its own ``inverse_transform`` turns latent coordinates into
+NIfTI images in one call. Decoding the mean latent of 30- and of 70-year-olds draws the
+ageing effect: the decoded change from 30 to 70 years lies where the planted one does and has
+its size (both printed below).
 
 The VAE trains with its defaults. The whole-volume example (convolutional networks, no
 masker) adds a CVAE normative model.
@@ -20,6 +21,7 @@ Needs the ``[neuro]`` extra (nilearn, matplotlib).
 """
 
 import os
+import tempfile
 
 import matplotlib.pyplot as plt
 import nibabel as nib
@@ -39,23 +41,26 @@ EPOCHS = 3 if FAST else "auto"
 n_subjects = 60 if FAST else 300
 
 # %%
-# The synthetic cohort, as a 4-D NIfTI image (one volume per subject)
+# The synthetic cohort, one NIfTI file per subject in a temporary folder
 volumes, age, brain_mask, affine, ageing = make_mni_cohort(n_subjects, resolution=6.0)
-cohort = nib.Nifti1Image(np.moveaxis(volumes[:, 0], 0, -1), affine)
+folder = tempfile.TemporaryDirectory()
+paths = [os.path.join(folder.name, f"sub-{i:03d}.nii.gz") for i in range(n_subjects)]
+for path, volume in zip(paths, volumes[:, 0], strict=True):
+    nib.save(nib.Nifti1Image(volume, affine), path)
 mask = nib.Nifti1Image(brain_mask.astype(np.uint8), affine)
-template = image.mean_img(cohort, copy_header=True)
+template = image.mean_img(paths, copy_header=True)
 
 # %%
-# NiftiMasker -> VAE: four latent coordinates per subject
+# NiftiMasker -> VAE, fitted on the files: four latent coordinates per subject
 pipeline = make_pipeline(
     NiftiMasker(mask_img=mask, standardize=None),
     VAE(latent_dim=4, max_epochs=EPOCHS, random_state=0),
 )
-Z = pipeline.fit_transform(cohort)
+Z = pipeline.fit_transform(paths)
 masker, vae = pipeline[0], pipeline[1]
 r2 = cross_val_score(LinearRegression(), Z, age, cv=5).mean()
 r2_pca = cross_val_score(
-    LinearRegression(), PCA(4).fit_transform(masker.transform(cohort)), age, cv=5
+    LinearRegression(), PCA(4).fit_transform(masker.transform(paths)), age, cv=5
 )
 print(
     f"{masker.n_elements_} voxels; R^2 of age from 4 latents {r2:.2f}, PCA(4) {r2_pca.mean():.2f}"
@@ -66,21 +71,22 @@ print(
 # squares fit of the latents on age) decoded, and the difference mapped beside the planted
 # effect (tissue loss around two medial temporal regions), on one colour scale.
 young, old = LinearRegression().fit(age[:, None], Z).predict([[30.0], [70.0]])
-decoded = vae.inverse_transform(np.stack([young, old]))
+# the pipeline's own inverse_transform: latents -> NIfTI images, in one call
+young_img, old_img = image.iter_img(pipeline.inverse_transform(np.stack([young, old])))
+change_img = image.math_img("old - young", old=old_img, young=young_img)
 # the planted intensity change from 30 to 70 years
-planted_map = planted_ageing(volumes, age, ageing, ages=(30, 70))
-planted = np.ravel(masker.transform(nib.Nifti1Image(planted_map, affine)))
-match = np.corrcoef(decoded[1] - decoded[0], planted)[0, 1]
+planted_img = nib.Nifti1Image(planted_ageing(volumes, age, ageing, ages=(30, 70)), affine)
+change, planted = (np.ravel(masker.transform(img)) for img in (change_img, planted_img))
+match = np.corrcoef(change, planted)[0, 1]
 print(f"correlation of the decoded ageing map with the planted one: {match:.2f}")
-change = decoded[1] - decoded[0]
 print(f"largest decoded change {np.abs(change).max():.3f}, planted {np.abs(planted).max():.3f}")
 scale = np.abs(planted).max()
 for effect, title in [
-    (change, "VAE: decoded(age 70) - decoded(age 30)"),
-    (planted, "planted: intensity change from 30 to 70"),
+    (change_img, "VAE: decoded(age 70) - decoded(age 30)"),
+    (planted_img, "planted: intensity change from 30 to 70"),
 ]:
     plotting.plot_stat_map(
-        masker.inverse_transform(effect),
+        effect,
         bg_img=template,
         display_mode="z",
         cut_coords=[-30, -20, -10, 0, 10],
@@ -92,8 +98,9 @@ for effect, title in [
     )
 
 # %%
-# A subject's image and its VAE reconstruction
-reconstruction = masker.inverse_transform(vae.inverse_transform(Z[:1])[0])
-for img, title in [(image.index_img(cohort, 0), "subject 0"), (reconstruction, "decoded")]:
-    plotting.plot_anat(img, display_mode="z", cut_coords=5, title=title, dim=0)
+# A subject's image and its VAE reconstruction, cut at the same slices
+reconstruction = pipeline.inverse_transform(Z[:1])
+for img, title in [(paths[0], "subject 0"), (image.index_img(reconstruction, 0), "decoded")]:
+    plotting.plot_anat(img, display_mode="z", cut_coords=[-6, 6, 18, 30, 42], title=title, dim=0)
 plt.show()
+folder.cleanup()

@@ -32,7 +32,7 @@ from .data import Rows, n_rows
 from .distributions import DECODER_DISTS
 from .docstrings import fill_shared_docs
 from .networks import GaussianEncoder, mlp, output_width
-from .vae import VAEModel, build_vae_model, training_statistics
+from .vae import VAEModel, build_vae_model, train_draws, training_statistics
 
 _HOW_TO_ROUTE = (
     "{name}.{method} needs the conditions: call {method}(..., conditions=c), one label or "
@@ -140,6 +140,8 @@ class CVAE(BaseVAEEstimator):
         The labels, when the conditions are 1-D.
     covariate_mean_, covariate_scale_ : ndarray
         Standardisation of 2-D covariates.
+    n_train_draws_ : int
+        The posterior draws per row training used (``n_train_draws``, resolved).
     <shared:attributes>
 
     Examples
@@ -163,7 +165,7 @@ class CVAE(BaseVAEEstimator):
         "encoder_out_dim": [Interval(Integral, 1, None, closed="left"), None],
         "conv_channels": [tuple, list],
         "linear_path": ["boolean", StrOptions({"auto"})],
-        "n_train_draws": [Interval(Integral, 1, None, closed="left")],
+        "n_train_draws": [Interval(Integral, 1, None, closed="left"), StrOptions({"auto"})],
         "decoder_dist": [StrOptions(set(DECODER_DISTS))],
         "decoder_scale": BaseVAEEstimator._scale_constraint,
     }
@@ -180,7 +182,7 @@ class CVAE(BaseVAEEstimator):
         conv_channels: tuple[int, ...] = (8, 16, 32, 64),
         linear_path: bool | str = "auto",
         beta: float = 1.0,
-        n_train_draws: int = 1,
+        n_train_draws: int | str = "auto",
         decoder_dist: str = "normal",
         decoder_scale: float | str = "learned",
         stochastic_transform: bool = False,
@@ -317,6 +319,7 @@ class CVAE(BaseVAEEstimator):
         C = self._encode_conditions(conditions, n_rows(X), "fit")
         stats = training_statistics(X, self._scan(X), self.decoder_dist)
         self.encoder_reads_mask_ = stats["missing"] and self.encoder is None
+        self.n_train_draws_ = train_draws(self.n_train_draws, stats["missing"])
         return Rows(X, {"c": C}), stats
 
     def _placeholder_training(self) -> tuple[Rows, dict]:

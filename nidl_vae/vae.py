@@ -172,6 +172,18 @@ class VAEDrawLikelihood(DrawLikelihood):
         return self.log_prob_of(out), self.model.likelihood.mean(out)
 
 
+# n_train_draws='auto' with missing cells in the training data (benchmarks/bench_missing.py)
+AUTO_TRAIN_DRAWS = 20
+
+
+def train_draws(n_train_draws: int | str, missing: bool) -> int:
+    """The posterior draws per row in training: ``n_train_draws``, or for 'auto' 20 when the
+    training data have missing cells (the better imputer) and 1 otherwise."""
+    if n_train_draws != "auto":
+        return int(n_train_draws)
+    return AUTO_TRAIN_DRAWS if missing else 1
+
+
 def training_statistics(X, moments: Moments, decoder_dist: str) -> dict:
     """What the VAE's (and CVAE's) model is built from: the data's unit and mean, and whether
     it has missing cells. A ValueError for a feature missing in every row, or values the
@@ -211,7 +223,8 @@ def build_vae_model(estimator, rows: Rows, stats: dict, generator: torch.Generat
     likelihood = DecoderLikelihood(
         estimator.decoder_dist, estimator.decoder_scale, X[0].numel(), stats["unit"]
     )
-    return VAEModel(networks, likelihood, estimator.beta, prior, estimator.n_train_draws)
+    draws = train_draws(estimator.n_train_draws, stats["missing"])
+    return VAEModel(networks, likelihood, estimator.beta, prior, draws)
 
 
 @fill_shared_docs
@@ -274,6 +287,8 @@ class VAE(BaseVAEEstimator):
 
     Attributes
     ----------
+    n_train_draws_ : int
+        The posterior draws per row training used (``n_train_draws``, resolved).
     <shared:attributes>
 
     Examples
@@ -293,7 +308,7 @@ class VAE(BaseVAEEstimator):
         "encoder_out_dim": [Interval(Integral, 1, None, closed="left"), None],
         "conv_channels": [tuple, list],
         "linear_path": ["boolean", StrOptions({"auto"})],
-        "n_train_draws": [Interval(Integral, 1, None, closed="left")],
+        "n_train_draws": [Interval(Integral, 1, None, closed="left"), StrOptions({"auto"})],
         "decoder_dist": [StrOptions({"normal", "laplace", "bernoulli"})],
         "decoder_scale": BaseVAEEstimator._scale_constraint,
     }
@@ -309,7 +324,7 @@ class VAE(BaseVAEEstimator):
         conv_channels: tuple[int, ...] = (8, 16, 32, 64),
         linear_path: bool | str = "auto",
         beta: float = 1.0,
-        n_train_draws: int = 1,
+        n_train_draws: int | str = "auto",
         decoder_dist: str = "normal",
         decoder_scale: float | str = "learned",
         stochastic_transform: bool = False,
@@ -376,6 +391,7 @@ class VAE(BaseVAEEstimator):
         X = self._validate_X(X, reset=True)
         stats = training_statistics(X, self._scan(X), self.decoder_dist)
         self.encoder_reads_mask_ = stats["missing"] and self.encoder is None
+        self.n_train_draws_ = train_draws(self.n_train_draws, stats["missing"])
         return Rows(X), stats
 
     def _build_model(self, rows, stats, generator) -> VAEModel:

@@ -41,5 +41,8 @@ def test_vae_imputes_better_than_scikit_learn_imputers(digits, rate):
 
     knn = error(KNNImputer().fit(train_holes).transform(test_holes))
     iterative = error(IterativeImputer(random_state=0).fit(train_holes).transform(test_holes))
-    vae = error(VAE(n_train_draws=20, random_state=0).fit(train_holes).impute(test_holes))
+    # the defaults: n_train_draws='auto' trains on 20 draws when cells are missing
+    fitted = VAE(random_state=0).fit(train_holes)
+    assert fitted.n_train_draws_ == 20
+    vae = error(fitted.impute(test_holes))
     assert vae <= 0.9 * min(knn, iterative)
