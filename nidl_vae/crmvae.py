@@ -222,11 +222,10 @@ class CRMVAE(BaseVAEEstimator):
         Adam's learning rate.
     weight_decay : float, default=0.0
         Adam's L2 penalty.
-    batch_size : int, default=128
-        Rows per training step.
+    batch_size : int or 'auto', default=128
+        Rows per training step ('auto' as for :class:`~nidl_vae.VAE`).
     max_epochs : int or 'auto', default=200
         Passes over the data ('auto' as for :class:`~nidl_vae.VAE`).
-    <shared:budget>
     <shared:training>
 
     Notes

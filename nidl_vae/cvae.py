@@ -105,12 +105,10 @@ class CVAE(BaseVAEEstimator):
     prior_network : 'mlp', nn.Module or None, default=None
         The conditional prior :math:`p(z|c)`. None uses :math:`N(0, I)`; 'mlp' learns one
         with a hidden layer of ``hidden_layer_sizes[-1]`` units; a module maps the (encoded)
-        conditions to features, followed by mean and log-variance heads. Measured on digits
-        conditioned on their label (``benchmarks/bench_cvae_generation.py``): generated digits
-        are recognised as their label 98.1% (None) vs 99.6% ('mlp') of the time, but a digit's
-        latent decoded under the next label shows that label 96.9% vs 65.2% of the time: a
-        learned prior lets the latent carry the label, which spoils counterfactuals, hence the
-        default.
+        conditions to features, followed by mean and log-variance heads. A learned prior
+        generates digits recognised as their label more often but lets the latent carry the
+        label, which spoils counterfactuals, hence the default (the CVAE guide's "Generation"
+        gives the figures, ``benchmarks/bench_cvae_generation.py``).
     encoder_out_dim : int, default=None
         Width of the encoder's flattened output; None infers it from one forward pass.
     latent_dim : int, default=10

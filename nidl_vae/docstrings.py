@@ -16,21 +16,18 @@ SHARED_DOCS = {
         convolution of stride 2 (halving every side), group normalisation and a ReLU; layers
         stop before a side would fall below 2 voxels. The input is zero-padded to a multiple
         of :math:`2^L` per side for L layers (91 x 109 x 91 to 96 x 112 x 96) and the mirrored
-        decoder of transposed convolutions crops its output back. On 300 brains built from
-        the MNI152 template (``benchmarks/bench_volumes.py``) a VAE's 4 latents read age at
-        R^2 0.886-0.931 over three seeds at 6 mm (PCA 0.932, the MLP on the masked voxels
-        0.942-0.950) and 0.926 at 4 mm (PCA 0.929, seed 0), with 1/40 and 1/50 of the MLP's
-        parameters;
+        decoder of transposed convolutions crops its output back. How well its latents read
+        an effect on brain volumes, against PCA and the MLP, is in the training guide
+        (``benchmarks/bench_volumes.py``);
         (16, 32, 64, 128) costs about twice the time per epoch.""",
     "train_draws": """n_train_draws : int or 'auto', default='auto'
         Number K of posterior draws per row in training. 1 trains on the ELBO; above 1, on the
         importance-weighted bound (IWAE; MIWAE for data with missing cells), tighter than the
         ELBO and the better imputer, for K times the decoder's work per step. 'auto' is 20
-        when the training data have missing cells (NaN) and 1 otherwise: on digits with 20%
-        or 50% of the cells missing, K = 20 imputes at 0.89x and 0.68x the error of the
-        better of ``KNNImputer`` and ``IterativeImputer`` where K = 1 gives 1.03x and 0.82x
-        (``benchmarks/bench_missing.py``, the user guide on likelihoods), and complete data
-        train as fast as with K = 1. The choice is ``n_train_draws_``.
+        when the training data have missing cells (NaN), where 20 draws imputed better than
+        ``KNNImputer`` and ``IterativeImputer`` and one did not (the likelihoods guide gives
+        the figures, ``benchmarks/bench_missing.py``), and 1 otherwise, so complete data
+        train as fast as before. The choice is ``n_train_draws_``.
 
         .. math:: -\\log \\frac1K \\sum_{k=1}^K p(x|z_k)
             \\left[\\frac{p(z_k)}{q(z_k|x)}\\right]^\\beta, \\quad z_k \\sim q(z|x)

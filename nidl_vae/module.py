@@ -179,7 +179,10 @@ class VAELightningSteps:
         self.epochs_done.fill_(self.current_epoch + 1)
         if not torch.isfinite(means[0]):
             raise FloatingPointError(
-                nan_message(f"became {means[0].item()} in epoch {self.current_epoch}")
+                nan_message(
+                    f"became {means[0].item()} in epoch {self.current_epoch}",
+                    self.trainer.precision,
+                )
             )
         self._log_means("train", means)
 
@@ -339,8 +342,16 @@ def _draws(posterior: Gaussian, eps: Tensor) -> Tensor:
     return posterior.sample(eps[:, None, :])
 
 
-def nan_message(what: str) -> str:
+def nan_message(what: str, precision: str = "32-true") -> str:
+    """The advice of a FloatingPointError for a loss that is not finite; a lower precision
+    than 32 bits is named only when it is the one used."""
+    lower = (
+        ""
+        if str(precision).startswith(("32", "64"))
+        else f", precision='32-true' ({precision} now)"
+    )
     return (
-        f"The training loss {what}. Try a smaller lr, scaling the input (e.g. "
-        "StandardScaler), a fixed decoder_scale, or precision='32-true'."
+        f"The training loss {what}. Try scaling the input (e.g. a StandardScaler in front: "
+        f"values in the hundreds or thousands, as raw scanner intensities are, overflow), a "
+        f"smaller lr, a fixed decoder_scale{lower}."
     )

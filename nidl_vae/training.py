@@ -275,7 +275,8 @@ def fit_module(
             "trainer_params (e.g. limit_train_batches) and the number of samples."
         )
     if not _finite_after_training(module, train):
-        raise FloatingPointError(nan_message("is not finite for the trained model"))
+        message = nan_message("is not finite for the trained model", options.precision)
+        raise FloatingPointError(message)
     return module
 
 
