@@ -93,9 +93,9 @@ def test_complete_data_reads_no_mask(digits):
 
 def test_impute_fills_only_the_holes(holes):
     X, _, _ = holes
-    vae = VAE(**SMALL).fit(X)
     frame = pd.DataFrame(X.astype(np.float32), columns=[f"px{i}" for i in range(64)])
     frame.index = frame.index + 1000
+    vae = VAE(**SMALL).fit(frame)
     imputed = vae.impute(frame)
     assert isinstance(imputed, pd.DataFrame)
     assert imputed.columns.equals(frame.columns) and imputed.index.equals(frame.index)
@@ -105,9 +105,9 @@ def test_impute_fills_only_the_holes(holes):
     assert_array_equal(values[observed], frame.to_numpy()[observed])
     assert_array_equal(vae.impute(frame), imputed)  # seeded draws: the same at every call
     # a row's imputation does not depend on the rows beside it
-    assert_array_equal(vae.impute(X[5:9]), vae.impute(X)[5:9])
+    assert_array_equal(vae.impute(frame[5:9]), imputed[5:9])
     # the conditional mean (K draws) differs from the posterior mean decoded
-    assert not np.array_equal(vae.impute(X, n_draws=None), vae.impute(X))
+    assert not np.array_equal(vae.impute(frame, n_draws=None), imputed)
 
 
 def test_impute_beats_the_column_means(holes):
