@@ -599,11 +599,18 @@ class CRMVAE(BaseVAEEstimator):
     ) -> np.ndarray:
         """Estimate :math:`\\log p(x_{\\mathrm{target}} \\mid x_{\\mathrm{given}})` per sample.
 
-        .. math:: \\log p(x_T | x_G) \\approx \\log \\hat p(x_T, x_G) - \\log \\hat p(x_G)
+        Self-normalised importance sampling with one proposal, the joint posterior of the
+        given modalities :math:`q(z|x_G)`, for both terms of the ratio:
 
-        each term the importance-weighted estimate of :meth:`log_likelihood` (with the joint
-        posterior of its own modalities as proposal, and the same K seeded draws). Consistent
-        as K grows; unlike each term, the difference is not a bound.
+        .. math:: \\log p(x_T | x_G) \\approx \\log \\sum_k w_k\\, p(x_T|z_k)
+            - \\log \\sum_k w_k, \\quad
+            w_k = \\frac{p(x_G|z_k)\\, p(z_k)}{q(z_k|x_G)}, \\quad z_k \\sim q(z|x_G)
+
+        The weights are those of :math:`p(z|x_G)`, so the estimate averages :math:`p(x_T|z)`
+        over the posterior given :math:`x_G`: consistent as K grows, and its errors in the
+        two sums largely cancel, where a difference of two importance-weighted estimates with
+        different proposals was biased by thousands of nats at imaging width. Tested against
+        the closed form of a linear-Gaussian model (probabilistic PCA).
 
         Parameters
         ----------
@@ -634,11 +641,13 @@ class CRMVAE(BaseVAEEstimator):
         valid = (observed | ~is_target).all(1) & given_mask.any(1)
         out = np.full(len(observed), np.nan)
         if valid.any():
-            index = np.flatnonzero(valid)
-
-            def estimate(mask: np.ndarray) -> np.ndarray:
-                subset = rows.with_aligned(observed=mask).subset(index)
-                return self._importance_weighted(subset, n_importance)
-
-            out[valid] = estimate(given_mask | is_target) - estimate(given_mask)
+            target_mask = np.broadcast_to(is_target, observed.shape)
+            subset = rows.with_aligned(observed=given_mask, target=target_mask)
+            estimate = self._predict(
+                subset.subset(np.flatnonzero(valid)),
+                "conditional_log_likelihood",
+                n_importance,
+                "log_likelihood",
+            )
+            out[valid] = self._to_numpy(estimate, np.float64)
         return out

@@ -33,7 +33,15 @@ from .optim import RowwiseAdam, optimizer_for
 DECODE_ROWS = 4096
 DECODE_VALUES = 2**24
 
-PREDICTIONS = ("transform", "decode", "prior_draw", "elbo", "log_likelihood", "impute")
+PREDICTIONS = (
+    "transform",
+    "decode",
+    "prior_draw",
+    "elbo",
+    "log_likelihood",
+    "conditional_log_likelihood",
+    "impute",
+)
 
 
 def draws_per_chunk(batch_rows: int, n_features: int) -> int:
@@ -288,6 +296,26 @@ class VAELightningSteps:
             torch.logsumexp(log_w.double(), 0, out=part)
             torch.logaddexp(running, part, out=running)
         return log_mean_exp(running[None], len(self.prediction.draws))
+
+    def _predict_conditional_log_likelihood(self, batch: Batch) -> Tensor:
+        """:math:`\\log p(x_T | x_G) \\approx \\log \\sum_k w_k p(x_T|z_k) - \\log \\sum_k w_k`,
+        :math:`w_k = p(x_G|z_k) p(z_k) / q(z_k|x_G)`, :math:`z_k \\sim q(z|x_G)`: the given
+        modalities are ``batch["observed"]``, the target ones ``batch["target"]`` (a model
+        whose ``draw_likelihood`` reads its modalities from ``observed``)."""
+        posterior, prior = self.model.posterior(batch), self.model.prior_distribution(batch)
+        given = self.model.draw_likelihood(batch)
+        target = self.model.draw_likelihood({**batch, "observed": batch["target"]})
+        # running log-sum-exps of the two sums, in place (see _predict_log_likelihood)
+        numerator = posterior.mu.new_full((len(posterior.mu),), -math.inf, dtype=torch.float64)
+        denominator, part = torch.full_like(numerator, -math.inf), torch.empty_like(numerator)
+        for eps in self._shared_draws(posterior.mu):
+            z = _draws(posterior, eps)
+            log_w = (given.log_prob(z) + self._log_weights(posterior, prior, z, eps)).double()
+            torch.logsumexp(log_w, 0, out=part)
+            torch.logaddexp(denominator, part, out=denominator)
+            torch.logsumexp(log_w + target.log_prob(z).double(), 0, out=part)
+            torch.logaddexp(numerator, part, out=numerator)
+        return numerator - denominator
 
     def _predict_impute(self, batch: Batch) -> Tensor:
         """The conditional mean :math:`\\mathbb{E}[x | x_{\\mathrm{obs}}]` of every cell,
