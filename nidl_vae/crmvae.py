@@ -23,6 +23,7 @@ Each expectation uses one reparameterised draw. The weight of the reconstruction
 :math:`2(M+1)` instead).
 """
 
+import math
 from collections.abc import Sequence
 from numbers import Integral, Real
 
@@ -55,8 +56,10 @@ class CRMVAEModel(LatentModel):
         Each modality's expert :math:`q_m(z|x_m)` (with what it reads of missing cells) and
         decoder (:func:`~nidl_vae.networks.build_networks`).
     likelihoods : list of DecoderLikelihood
-    widths : list of int
-        Columns of each modality, in order.
+    shapes : list of tuple of int
+        The shape of one sample of each modality, in column order: ``(width,)`` for a row of
+        features, (C, H, W) or (C, D, H, W) for an image or volume flattened into the
+        modality's columns (its expert reads it in its shape).
     rescale_factors : list of float
         :math:`r_m`, the weight of modality m's reconstruction terms.
     beta : float
@@ -72,7 +75,7 @@ class CRMVAEModel(LatentModel):
         self,
         networks: list[Networks],
         likelihoods: list[DecoderLikelihood],
-        widths: list[int],
+        shapes: list[tuple[int, ...]],
         rescale_factors: list[float],
         beta: float,
     ):
@@ -81,11 +84,12 @@ class CRMVAEModel(LatentModel):
         self.decoders = nn.ModuleList(n.decoder for n in networks)
         self.likelihoods = nn.ModuleList(likelihoods)
         self.encoder_inputs = nn.ModuleList(n.encoder_input for n in networks)
-        bounds = np.cumsum([0, *widths]).tolist()
+        self.shapes = [tuple(shape) for shape in shapes]
+        bounds = np.cumsum([0, *(math.prod(shape) for shape in self.shapes)]).tolist()
         self.blocks = list(zip(bounds[:-1], bounds[1:], strict=True))
         self.register_buffer("rescale_factors", torch.tensor(rescale_factors, dtype=torch.float32))
         self.beta = beta
-        self.pi = 1.0 / (len(widths) + 1)
+        self.pi = 1.0 / (len(self.shapes) + 1)
         self.latent_dim = self.encoders[0].mu.out_features
 
     def _block(self, x: Tensor, m: int) -> Tensor:
@@ -95,7 +99,7 @@ class CRMVAEModel(LatentModel):
     def experts(self, x: Tensor) -> Gaussian:
         """Every modality's expert on every row: means and log-variances of shape (M, B, D)."""
         params = [
-            encoder(self.encoder_inputs[m](self._block(x, m)))
+            encoder(self.encoder_inputs[m](self._block(x, m).reshape(len(x), *self.shapes[m])))
             for m, encoder in enumerate(self.encoders)
         ]
         return Gaussian(
@@ -161,6 +165,20 @@ class CRMVAEDrawLikelihood(DrawLikelihood):
         return z.new_zeros(z.shape[:-1]), self.model.decode({"z": z})
 
 
+def _modality_shape(spec) -> tuple[int, ...] | None:
+    """The sample shape a ``modalities`` entry gives (a width, or an image's or volume's
+    shape), or None if it gives none."""
+    if isinstance(spec, Integral):
+        dims = (spec,)
+    else:
+        dims = tuple(spec) if isinstance(spec, (tuple, list)) else ()
+    if len(dims) not in (1, 3, 4) or any(
+        isinstance(d, bool) or not isinstance(d, Integral) or d < 1 for d in dims
+    ):
+        return None
+    return tuple(int(d) for d in dims)
+
+
 def _require_any(observed: np.ndarray, problem: str, fix: str) -> np.ndarray:
     """``observed`` (n_rows, M), or a ValueError naming the first row that has no modality."""
     empty = np.flatnonzero(~observed.any(1))
@@ -190,10 +208,14 @@ class CRMVAE(BaseVAEEstimator):
 
     Parameters
     ----------
-    modalities : dict of str to int, list of int or None, default=None
+    modalities : dict of str to int or shape, list of those, or None, default=None
         The modalities' widths, in column order: ``{"mri": 400, "clinical": 12}``, or a list of
-        widths (the modalities are then named 0, 1, ...). None is one modality spanning every
-        column (a VAE with the CRMVAE's loss).
+        widths (the modalities are then named 0, 1, ...). A modality given by the shape of one
+        sample, (C, H, W) or (C, D, H, W), as in ``{"mri": (1, 26, 32, 27), "clinical": 12}``,
+        is an image or volume flattened into its columns (``X`` stays 2-D, so Pipelines and
+        searches work): its default expert and decoder are the VAE's convolutional networks
+        (``conv_channels``) with the linear path, reading and drawing it in its shape. None is
+        one modality spanning every column (a VAE with the CRMVAE's loss).
     encoders, decoders : dict of name to nn.Module, default=None
         Custom networks for some modalities; the others get MLPs with ``hidden_layer_sizes``.
         An encoder maps the modality's columns to features (flattened, then two linear heads
@@ -202,6 +224,7 @@ class CRMVAE(BaseVAEEstimator):
     latent_dim : int, default=16
     hidden_layer_sizes : tuple of int, default=(512, 256)
         Widths of the default encoders' hidden layers (decoders mirror them).
+    <shared:conv>
     beta : float, default=2.5
         Weight of the KL terms (the paper's and MultiVae's default).
     decoder_dist : str or dict of name to str, default='normal'
@@ -241,6 +264,8 @@ class CRMVAE(BaseVAEEstimator):
     ----------
     modalities_ : dict
         Name to ``(start, stop)`` column bounds of each modality.
+    modality_shapes_ : dict
+        Name to the shape of one sample of each modality (``(width,)`` for features).
     rescale_factors_ : dict
         The :math:`r_m` used (all 1 without rescaling).
     <shared:attributes>
@@ -269,6 +294,7 @@ class CRMVAE(BaseVAEEstimator):
         "encoders": [dict, None],
         "decoders": [dict, None],
         "hidden_layer_sizes": [tuple, list],
+        "conv_channels": [tuple, list],
         "decoder_dist": [StrOptions(set(DECODER_DISTS)), dict],
         "decoder_scale": [*BaseVAEEstimator._scale_constraint, dict],
         "uses_likelihood_rescaling": ["boolean"],
@@ -284,6 +310,7 @@ class CRMVAE(BaseVAEEstimator):
         decoders: dict | None = None,
         latent_dim: int = 16,
         hidden_layer_sizes: tuple[int, ...] = (512, 256),
+        conv_channels: tuple[int, ...] = (8, 16, 32, 64),
         beta: float = 2.5,
         decoder_dist: str | dict = "normal",
         decoder_scale: float | str | dict = "learned",
@@ -309,6 +336,7 @@ class CRMVAE(BaseVAEEstimator):
         self.decoders = decoders
         self.latent_dim = latent_dim
         self.hidden_layer_sizes = hidden_layer_sizes
+        self.conv_channels = conv_channels
         self.beta = beta
         self.decoder_dist = decoder_dist
         self.decoder_scale = decoder_scale
@@ -330,27 +358,33 @@ class CRMVAE(BaseVAEEstimator):
         self.random_state = random_state
 
     # ------------------------------------------------------------------ modalities
-    def _resolve_modalities(self, n_features: int) -> dict:
-        """Name to (start, stop) column bounds, checked against X's width."""
+    def _resolve_modalities(self, n_features: int) -> tuple[dict, dict]:
+        """Name to (start, stop) column bounds, and name to the shape of one sample of the
+        modality ((width,) for a row of features, (C, H, W) or (C, D, H, W) for a flattened
+        image or volume), checked against X's width."""
         if self.modalities is None:
-            widths = {0: n_features}
+            specs = {0: n_features}
         elif isinstance(self.modalities, dict):
-            widths = dict(self.modalities)
+            specs = dict(self.modalities)
         else:
-            widths = dict(enumerate(self.modalities))
-        bad = {k: w for k, w in widths.items() if not isinstance(w, Integral) or w < 1}
-        if not widths or bad:
+            specs = dict(enumerate(self.modalities))
+        shapes = {name: _modality_shape(spec) for name, spec in specs.items()}
+        bad = {k: specs[k] for k, shape in shapes.items() if shape is None}
+        if not specs or bad:
             raise ValueError(
-                f"modalities must give each modality a positive number of columns; got {bad}."
+                "modalities must give each modality a positive number of columns, or the shape "
+                f"of one sample, (C, H, W) or (C, D, H, W), for an image or volume; got {bad}."
             )
+        widths = {name: math.prod(shape) for name, shape in shapes.items()}
         if sum(widths.values()) != n_features:
             raise ValueError(
                 f"The modalities' widths {list(widths.values())} add up to "
-                f"{sum(widths.values())} columns but X has {n_features}: give one width per "
-                "column block of X, in column order."
+                f"{sum(widths.values())} columns but X has {n_features}: give one width (or "
+                "sample shape) per column block of X, in column order."
             )
         bounds = np.cumsum([0, *widths.values()]).tolist()
-        return {name: (bounds[i], bounds[i + 1]) for i, name in enumerate(widths)}
+        blocks = {name: (bounds[i], bounds[i + 1]) for i, name in enumerate(widths)}
+        return blocks, shapes
 
     def _per_modality(self, param: str, default) -> dict:
         """A per-modality parameter (one value, or a dict over some modalities) for each one."""
@@ -406,7 +440,7 @@ class CRMVAE(BaseVAEEstimator):
         which modalities have missing cells and, with ``reset``, the features' moments."""
         X = self._validate_X(X, reset=reset)
         if reset:
-            self.modalities_ = self._resolve_modalities(self.n_features_in_)
+            self.modalities_, self.modality_shapes_ = self._resolve_modalities(self.n_features_in_)
         mask, partial, stats = self._scan_modalities(X, with_moments=reset)
         return Rows(X, {"observed": mask}), mask, partial, stats
 
@@ -490,6 +524,8 @@ class CRMVAE(BaseVAEEstimator):
         return Rows(X, {"observed": observed}), stats
 
     def _restore_derived(self) -> None:
+        if not hasattr(self, "modality_shapes_"):  # saved before modalities had shapes
+            self.modality_shapes_ = {n: (b - a,) for n, (a, b) in self.modalities_.items()}
         self._encoders = self._networks("encoders")
         self._decoders = self._networks("decoders")
 
@@ -534,16 +570,20 @@ class CRMVAE(BaseVAEEstimator):
         networks, likelihoods = [], []
         for m, (name, (start, stop)) in enumerate(self.modalities_.items()):
             example_rows = np.flatnonzero(observed[:, m])[:2]
+            shape = self.modality_shapes_[name]
+            example = rows.read(example_rows)["x"][:, start:stop]
             networks.append(
                 build_networks(
-                    rows.read(example_rows)["x"][:, start:stop],
+                    example.reshape(len(example), *shape),
                     n_conditions=0,
                     latent_dim=self.latent_dim,
                     hidden_layer_sizes=hidden,
-                    conv_channels=(),
-                    linear_path=False,
+                    conv_channels=check_layer_sizes(self.conv_channels, "conv_channels"),
+                    linear_path="auto",
                     dist=self._dists[name],
-                    mean=torch.as_tensor(stats["mean"][start:stop], dtype=torch.float32),
+                    mean=torch.as_tensor(stats["mean"][start:stop], dtype=torch.float32).reshape(
+                        shape
+                    ),
                     with_mask=self.encoder_reads_mask_[name],
                     generator=generator,
                     encoder=self._encoders[name],
@@ -560,7 +600,7 @@ class CRMVAE(BaseVAEEstimator):
         return CRMVAEModel(
             networks,
             likelihoods,
-            widths=[stop - start for start, stop in self.modalities_.values()],
+            shapes=list(self.modality_shapes_.values()),
             rescale_factors=list(self.rescale_factors_.values()),
             beta=self.beta,
         )

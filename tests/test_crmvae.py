@@ -47,7 +47,7 @@ def _tiny_module(rescale_factors=(1.0, 1.0)):
         Networks(FilledInput(torch.zeros(w), with_mask=False), e, d, False)
         for w, e, d in zip((1, 2), encoders, decoders, strict=True)
     ]
-    model = CRMVAEModel(networks, likelihoods, [1, 2], list(rescale_factors), 2.5)
+    model = CRMVAEModel(networks, likelihoods, [(1,), (2,)], list(rescale_factors), 2.5)
     return VAELightningModule(model, 1e-3, 0.0, 1)
 
 
@@ -354,3 +354,35 @@ def test_imputed_halves_match_knn_imputer_and_missing_training_rows_cost_little(
     missing = _imputation_quality(crm.impute, X_test, y_test, classifier)
     assert (missing[0] <= 1.1 * full[0]).all()
     assert (missing[1] >= full[1] - 0.03).all()
+
+
+def test_an_image_modality_gets_the_convolutional_networks(tmp_path):
+    from sklearn.datasets import load_digits
+
+    from nidl_vae import load
+
+    digits, labels = load_digits(return_X_y=True)
+    scores = np.eye(10)[labels] + 0.1 * np.random.default_rng(0).normal(size=(len(labels), 10))
+    X = np.hstack([digits / 16, scores])[:400]  # an 8x8 image, flattened, and 10 scores
+    X[:100, 64:] = np.nan  # a quarter of the rows miss the scores
+    crm = CRMVAE(
+        modalities={"image": (1, 8, 8), "scores": 10}, latent_dim=4, max_epochs=20, random_state=0
+    ).fit(X)
+    assert crm.modality_shapes_ == {"image": (1, 8, 8), "scores": (10,)}
+    image_expert, scores_expert = crm.module_.model.encoders
+    assert any(isinstance(m, torch.nn.Conv2d) for m in image_expert.modules())
+    assert not any(isinstance(m, torch.nn.Conv2d) for m in scores_expert.modules())
+    assert crm.module_.model.decoders[0].path.weight.abs().max() > 0  # the linear path, trained
+    completed = crm.impute(X)
+    assert completed.shape == X.shape and not np.isnan(completed).any()
+    assert_array_equal(completed[:, :64], X[:, :64])  # observed columns unchanged
+    # the scores imputed from the image carry the digit: better than their column means
+    truth = scores[:100]
+    means = np.nanmean(X[:, 64:], axis=0)
+    assert np.mean((completed[:100, 64:] - truth) ** 2) < np.mean((means - truth) ** 2)
+    crm.save(tmp_path / "crm.npz")
+    assert_array_equal(load(tmp_path / "crm.npz").transform(X), crm.transform(X))
+    with pytest.raises(ValueError, match=r"sample, \(C, H, W\) or \(C, D, H, W\)"):
+        CRMVAE(modalities={"image": (8, 8), "scores": 10}).fit(X)
+    with pytest.raises(ValueError, match="add up to 74 columns but X has 73"):
+        CRMVAE(modalities={"image": (1, 8, 8), "scores": 10}).fit(X[:, :73])
