@@ -419,14 +419,13 @@ class CRMVAE(BaseVAEEstimator):
             nonlocal partial
             for chunk in iter_chunks(X):
                 check_finite(chunk, type(self).__name__)
+                check_float32_range(chunk)
                 observed, chunk_partial = self._chunk_observed(chunk)
                 masks.append(observed)
                 partial |= chunk_partial
                 yield chunk
 
         stats = moments(checked_chunks(), nan_aware=True) if with_moments else None
-        if stats is not None:
-            check_float32_range(np.array([np.nanmin(stats.min), np.nanmax(stats.max)]))
         if not with_moments:
             for _ in checked_chunks():
                 pass

@@ -87,7 +87,8 @@ def check_float32_range(rows: np.ndarray) -> None:
     """A ValueError for float64 values beyond float32's range, in which the networks compute
     (they would turn into infinities, and the latents into NaN)."""
     if rows.dtype == np.float64 and rows.size:
-        largest = np.nanmax(np.abs(rows), initial=0.0)
+        # no temporary of the rows' size: their extremes, NaN cells left out
+        largest = max(-np.nanmin(rows, initial=np.inf), np.nanmax(rows, initial=-np.inf), 0.0)
         if largest > FLOAT32_MAX:
             raise ValueError(
                 f"X has values up to {largest:.3g}, beyond float32's range ({FLOAT32_MAX:.3g}) "
@@ -236,9 +237,9 @@ class Rows(Dataset):
         """The tensors of the rows ``index`` of X (sorted indices or a slice), without
         positions."""
         raw = read_rows(self.X, index)
-        if self.check is not None:
+        if self.check is not None:  # streamed at inference: nothing has read these values
             check_finite(raw, self.check)
-        check_float32_range(raw)
+            check_float32_range(raw)
         arrays = {self.name: raw, **{k: a[index] for k, a in self.aligned.items()}}
         return {k: torch.from_numpy(_own_float32(a)) for k, a in arrays.items()}
 

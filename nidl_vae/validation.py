@@ -170,7 +170,10 @@ class InputValidationMixin:
     def _inference_rows(self, X) -> Rows:
         """Validated rows of X to predict on; data on disk is checked as it is read."""
         X = self._validate_X(X, reset=False)
-        return Rows(X, check=type(self).__name__ if is_streamed(X) else None)
+        if is_streamed(X):  # checked a batch at a time as it is read
+            return Rows(X, check=type(self).__name__)
+        data.check_float32_range(X)  # once per call; fit's rows were checked by the scan
+        return Rows(X)
 
     def _scan(self, X, rows=None) -> Moments:
         """Per-feature moments of X's rows in float64 (NaN cells left out), a chunk at a time;

@@ -271,3 +271,13 @@ def test_outputs_are_float64_unless_the_input_is_float32_and_huge_values_are_ref
         VAE(max_epochs=1).fit(huge)
     with pytest.raises(ValueError, match="beyond float32's range"):
         vae.transform(huge)
+
+
+def test_a_crmvae_refuses_values_beyond_float32s_range():
+    X = np.random.default_rng(0).normal(size=(40, 5))
+    crm = CRMVAE(modalities=[3, 2], latent_dim=2, max_epochs=1, random_state=0).fit(X)
+    huge = X.copy()
+    huge[0, 4] = -1e39
+    for call in (lambda: CRMVAE(modalities=[3, 2]).fit(huge), lambda: crm.transform(huge)):
+        with pytest.raises(ValueError, match="beyond float32's range"):
+            call()
