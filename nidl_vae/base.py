@@ -246,14 +246,16 @@ class BaseVAEEstimator(
         """Run the module's ``predict_step`` on every row through ``Trainer.predict``.
 
         ``n_draws`` latent draws, shared by every row, come from the named seed ``stream``.
+        Batches are sized by a sample of X's values, whatever the rows hold (X, or latents
+        whose decoded rows are that wide).
         """
+        batch_rows = inference_batch_rows(self.n_features_in_)
         prediction = Prediction(kind)
         if n_draws is not None:
             draws = standard_normal(self._seed, stream, (n_draws, self.latent_dim))
             prediction.draws = torch.from_numpy(draws)
-            batch_rows = inference_batch_rows(rows.n_features)
             prediction.draws_per_chunk = draws_per_chunk(batch_rows, self.n_features_in_)
-        return predict(self.module_, rows, prediction, self._trainer_options())
+        return predict(self.module_, rows, prediction, self._trainer_options(), batch_rows)
 
     @staticmethod
     def _to_numpy(tensor: torch.Tensor, dtype) -> np.ndarray:

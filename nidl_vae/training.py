@@ -307,10 +307,14 @@ def inference_batch_rows(n_features: int) -> int:
 
 
 def predict(
-    module: VAELightningModule, rows: Rows, prediction: Prediction, options: TrainerOptions
+    module: VAELightningModule,
+    rows: Rows,
+    prediction: Prediction,
+    options: TrainerOptions,
+    batch_rows: int,
 ) -> Tensor:
-    """Run ``prediction`` on every row through ``Trainer.predict``; the results in the rows'
-    order, on the CPU, on every process.
+    """Run ``prediction`` on every row, ``batch_rows`` at a time, through ``Trainer.predict``;
+    the results in the rows' order, on the CPU, on every process.
 
     Under a distributed strategy, Lightning gives each process a shard of the rows; the
     shards are gathered (``all_gather_object``) and put back in order by position. The
@@ -324,7 +328,7 @@ def predict(
     try:
         with lightning_run(options.namespace) as root:
             trainer = build_trainer(options, root, predicting=True)
-            loader = make_loader(rows, inference_batch_rows(rows.n_features), False, 0)
+            loader = make_loader(rows, batch_rows, False, 0)
             outputs = trainer.predict(view_in(module, options.namespace), loader) or []
             world_size = trainer.world_size
     finally:
