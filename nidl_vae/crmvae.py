@@ -571,6 +571,16 @@ class CRMVAE(BaseVAEEstimator):
             example_rows = np.flatnonzero(observed[:, m])[:2]
             shape = self.modality_shapes_[name]
             example = rows.read(example_rows)["x"][:, start:stop]
+            mean = torch.as_tensor(stats["mean"][start:stop], dtype=torch.float32)
+            likelihood = DecoderLikelihood(
+                self._dists[name],
+                self._scales[name],
+                stop - start,
+                stats["units"][name],
+                model_units=self._decoders[name] is None,
+                offset=float(np.mean(stats["mean"][start:stop])),
+            )
+            likelihoods.append(likelihood)
             networks.append(
                 build_networks(
                     example.reshape(len(example), *shape),
@@ -579,21 +589,15 @@ class CRMVAE(BaseVAEEstimator):
                     hidden_layer_sizes=hidden,
                     conv_channels=check_layer_sizes(self.conv_channels, "conv_channels"),
                     linear_path="auto",
-                    dist=self._dists[name],
-                    mean=torch.as_tensor(stats["mean"][start:stop], dtype=torch.float32).reshape(
-                        shape
-                    ),
+                    likelihood=likelihood,
+                    mean=mean.reshape(shape),
+                    spread=stats["units"][name],
                     with_mask=self.encoder_reads_mask_[name],
                     generator=generator,
                     encoder=self._encoders[name],
                     decoder=self._decoders[name],
                     where=f" of modality {name!r}",
                     heads_first=True,
-                )
-            )
-            likelihoods.append(
-                DecoderLikelihood(
-                    self._dists[name], self._scales[name], stop - start, stats["units"][name]
                 )
             )
         return CRMVAEModel(

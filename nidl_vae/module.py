@@ -379,7 +379,8 @@ def nan_message(what: str, precision: str = "32-true") -> str:
         else f", precision='32-true' ({precision} now)"
     )
     return (
-        f"The training loss {what}. Try scaling the input (e.g. a StandardScaler in front: "
-        f"values in the hundreds or thousands, as raw scanner intensities are, overflow), a "
-        f"smaller lr, a fixed decoder_scale{lower}."
+        f"The training loss {what}. Try a smaller lr, a fixed decoder_scale{lower}, or look "
+        f"for outlying values in X (the networks read X in units of its features' typical "
+        f"standard deviation, so a few extreme cells dwarf the rest: clip them or use a "
+        f"QuantileTransformer in front)."
     )

@@ -17,7 +17,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from .distributions import output_for_mean
+from .distributions import MODEL_SPREAD, DecoderLikelihood, output_for_mean
 from .missing import FilledInput
 from .optim import FeatureLinear
 
@@ -332,8 +332,9 @@ def build_networks(
     hidden_layer_sizes: Sequence[int],
     conv_channels: Sequence[int],
     linear_path: bool | str,
-    dist: str,
+    likelihood: DecoderLikelihood,
     mean: Tensor,
+    spread: float,
     with_mask: bool,
     generator: torch.Generator,
     encoder: nn.Module | None = None,
@@ -353,11 +354,16 @@ def build_networks(
         Width of the conditions every network reads beside its input (0 without).
     latent_dim, hidden_layer_sizes, conv_channels, linear_path
         The estimator's parameters of the same names.
-    dist : str
-        The likelihood family, which says what output the decoder starts at.
+    likelihood : DecoderLikelihood
+        The block's likelihood, which says what output the decoder starts at and in which
+        units.
     mean : Tensor
-        The block's mean sample: where the default decoders start (their output for the mean,
-        see :func:`mlp`) and what the encoder reads in a missing cell.
+        The block's mean sample in X's units: where the default decoders start (their output
+        for the mean, see :func:`mlp`) and what the encoder reads in a missing cell.
+    spread : float
+        The root-mean-square of the block's feature standard deviations: the default encoder
+        reads :math:`x / u` with :math:`u = \\mathrm{spread} / \\mathrm{MODEL\\_SPREAD}`
+        (:class:`~nidl_vae.missing.FilledInput`).
     with_mask : bool
         Whether the default encoder reads the mask of missing cells beside the values (the
         training data had NaN cells); a user's encoder reads the filled values alone.
@@ -376,7 +382,10 @@ def build_networks(
     """
     images = example.dim() > 2
     n_features = example[0].numel()
-    encoder_input = FilledInput(mean.reshape(example.shape[1:]), with_mask and encoder is None)
+    mean = mean.reshape(example.shape[1:])
+    default = encoder is None  # reads the model's units; a user's encoder reads X as it is
+    unit = spread / MODEL_SPREAD if default else None
+    encoder_input = FilledInput(mean, with_mask and default, unit)
     seen = encoder_input(example)
     conditions = torch.zeros(len(example), n_conditions)
     if encoder is None and images:
@@ -403,7 +412,7 @@ def build_networks(
     if heads_first:
         heads = GaussianEncoder(backbone, out_dim, latent_dim, n_conditions, generator=generator)
     in_dim = latent_dim + n_conditions
-    start = output_for_mean(dist, mean)
+    start = output_for_mean(likelihood.dist, likelihood.to_model(mean))
     # 'auto': the path on the convolutional decoder only (see the parameter's documentation)
     linear_path = images if linear_path == "auto" else linear_path
     hidden = tuple(hidden_layer_sizes)[::-1]

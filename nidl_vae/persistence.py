@@ -26,9 +26,12 @@ from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
 FORMAT = "nidl_vae.model"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 # the module's own buffers; everything else of its state is the model's (format 2 keeps the
 # model's weights under "model."; format 1, before the model was a module of its own, did not)
+# Format 3 adds the units the default networks read and write X in (see
+# nidl_vae.distributions.MODEL_SPREAD); older models read X as it is: a unit of 1, no offset.
+_UNITS_SINCE_3 = {"data_unit": torch.ones_like, "data_offset": torch.zeros_like}
 _MODULE_BUFFERS = ("history_train", "history_val", "epochs_done", "steps_done")
 _HEADER = "__nidl_vae__"
 
@@ -185,6 +188,11 @@ def load(path: str | os.PathLike, **networks: nn.Module):
     estimator._restore_derived()
     # the module keeps one row of history per epoch of its budget
     module = estimator._module_for_load(len(weights.get("history_train", [None])))
+    if header["format_version"] < 3:
+        for key, value in module.state_dict().items():
+            fill = _UNITS_SINCE_3.get(key.rpartition(".")[2])
+            if fill is not None:
+                weights.setdefault(key, fill(value))
     _load_weights(module, weights)
     estimator.module_ = module.eval()
     return estimator

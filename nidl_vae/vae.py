@@ -102,22 +102,22 @@ class VAEModel(LatentModel):
         return self.likelihood.mean(self._decoder_output(batch["z"], batch.get("c")))
 
     def loss_terms(self, batch: Batch, noise: Noise) -> dict[str, Tensor]:
-        x = batch["x"].flatten(1)
+        x, c = batch["x"].flatten(1), batch.get("c")
         posterior, prior = self.posterior(batch), self.prior_distribution(batch)
         kl = posterior.kl(prior).mean()
         if self.n_train_draws > 1:
-            return self._importance_weighted_loss(batch, posterior, prior, kl, noise)
+            return self._importance_weighted_loss(x, c, posterior, prior, kl, noise)
         z = posterior.sample(noise(posterior.mu.shape, posterior.mu))
-        out = self._decoder_output(z, batch.get("c"))
+        out = self._decoder_output(z, c)
         reconstruction = -self.likelihood.log_prob(x, out).mean()
         return {"loss": reconstruction + self.beta * kl, "reconstruction": reconstruction, "kl": kl}
 
-    def _importance_weighted_loss(self, batch, posterior, prior, kl, noise) -> dict[str, Tensor]:
+    def _importance_weighted_loss(self, x, c, posterior, prior, kl, noise) -> dict[str, Tensor]:
         """The IWAE loss over K draws per row, with the mean reconstruction term over the
         draws and the analytic KL beside it (for ``history_``)."""
         z = posterior.sample(noise((self.n_train_draws, *posterior.mu.shape), posterior.mu))
-        out = self._decoder_output(z, batch.get("c"))
-        log_lik = self.likelihood.log_prob(batch["x"].flatten(1), out)
+        out = self._decoder_output(z, c)
+        log_lik = self.likelihood.log_prob(x, out)
         log_prior = standard_normal_log_density(z) if prior is None else prior.log_density(z)
         log_w = log_lik + self.beta * (log_prior - posterior.log_density(z))
         bound = log_mean_exp(log_w)
@@ -134,7 +134,7 @@ class VAEModel(LatentModel):
         # in-place updates (an optimizer step) bump a tensor's version; moves make new tensors
         key = tuple((t.data_ptr(), t._version, t.dtype) for t in tensors)
         if self._readout_cache is None or self._readout_cache[0] != key:
-            self._readout_cache = (key, LinearNormalReadout(last, family.scale()))
+            self._readout_cache = (key, LinearNormalReadout(last, family.scale(), family.units()))
         return self._readout_cache[1]
 
     def draw_likelihood(self, batch: Batch) -> "VAEDrawLikelihood":
@@ -153,7 +153,7 @@ class VAEDrawLikelihood(DrawLikelihood):
     """
 
     def __init__(self, model: VAEModel, x: Tensor, c: Tensor | None):
-        self.model, self.x, self.c = model, x, c
+        self.model, self.c = model, c
         self.log_prob_of = model.likelihood.log_prob_of(x)
         readout = model._readout()
         # each row's quadratic form would run over its own observed cells
@@ -204,6 +204,15 @@ def build_vae_model(estimator, rows: Rows, stats: dict, generator: torch.Generat
     networks for whatever the user did not give."""
     example = rows.first(2)
     X = example["x"]
+    mean = torch.as_tensor(stats["mean"], dtype=torch.float32).reshape(X.shape[1:])
+    likelihood = DecoderLikelihood(
+        estimator.decoder_dist,
+        estimator.decoder_scale,
+        X[0].numel(),
+        stats["unit"],
+        model_units=estimator.decoder is None,
+        offset=float(np.mean(stats["mean"])),
+    )
     n_conditions = example["c"].shape[1] if "c" in example else 0
     networks = build_networks(
         X,
@@ -212,16 +221,14 @@ def build_vae_model(estimator, rows: Rows, stats: dict, generator: torch.Generat
         hidden_layer_sizes=check_layer_sizes(estimator.hidden_layer_sizes),
         conv_channels=check_layer_sizes(estimator.conv_channels, "conv_channels"),
         linear_path=estimator.linear_path,
-        dist=estimator.decoder_dist,
-        mean=torch.as_tensor(stats["mean"], dtype=torch.float32).reshape(X.shape[1:]),
+        likelihood=likelihood,
+        mean=mean,
+        spread=stats["unit"],
         with_mask=stats["missing"],
         generator=generator,
         encoder=estimator.encoder,
         decoder=estimator.decoder,
         encoder_out_dim=estimator.encoder_out_dim,
-    )
-    likelihood = DecoderLikelihood(
-        estimator.decoder_dist, estimator.decoder_scale, X[0].numel(), stats["unit"]
     )
     draws = train_draws(estimator.n_train_draws, stats["missing"])
     return VAEModel(networks, likelihood, estimator.beta, prior, draws)

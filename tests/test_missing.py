@@ -32,7 +32,7 @@ def test_likelihood_runs_over_the_observed_cells(dist):
     x = rng.uniform(0, 1, (4, 6))
     x[rng.random(x.shape) < 0.4] = np.nan
     out = rng.normal(0.5, 0.3, (4, 6))
-    likelihood = DecoderLikelihood(dist, "learned", 6, unit=0.5).double()
+    likelihood = DecoderLikelihood(dist, "learned", 6, spread=0.5).double()
     if dist != "bernoulli":
         with torch.no_grad():
             likelihood.raw_scale.copy_(torch.from_numpy(rng.normal(0, 0.3, 6)))
@@ -72,8 +72,12 @@ def test_vae_trains_on_holes_and_its_elbo_is_of_the_observed_cells(holes):
         # the estimator's draws: its seed's 'score' stream
         eps = torch.from_numpy(standard_normal(vae._seed, "score", (n_draws, vae.latent_dim)))
         z = mu + torch.exp(0.5 * logvar) * eps[:, None]
-        loc = module.decoder(z.flatten(0, 1)).unflatten(0, z.shape[:2]).double().numpy()
-        scale = module.likelihood.scale().double().numpy()
+        # in X's units: the default decoder's location and scale times the model's unit u,
+        # the location plus its offset g
+        lik = module.likelihood
+        out = module.decoder(z.flatten(0, 1)).unflatten(0, z.shape[:2])
+        loc = (out * lik.data_unit + lik.data_offset).double().numpy()
+        scale = (lik.scale() * lik.data_unit).double().numpy()
     cells = -0.5 * np.log(2 * math.pi) - np.log(scale) - 0.5 * ((rows - loc) / scale) ** 2
     log_lik = np.where(np.isnan(rows), 0.0, cells).sum(-1).mean(0)
     mu, logvar = mu.double().numpy(), logvar.double().numpy()

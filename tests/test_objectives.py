@@ -128,7 +128,7 @@ def test_learned_scale_starts_and_is_floored_in_the_data_unit():
     assert _data_scale(np.float32(rows), chunk_rows=2) == pytest.approx(unit)
     assert _data_scale([[2.0, 2.0], [2.0, 2.0]]) == 1.0  # constant data: unit 1
     assert _data_scale([[2.0, 2.0]]) == 1.0  # one row: no spread, and no warning
-    lik = DecoderLikelihood("normal", "learned", 3, unit=unit)
+    lik = DecoderLikelihood("normal", "learned", 3, spread=unit)
     assert_allclose(lik.scale().detach().numpy(), [LEARNED_SCALE_START * unit] * 3, rtol=1e-5)
     with torch.no_grad():
         lik.raw_scale.fill_(-100.0)

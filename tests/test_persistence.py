@@ -238,18 +238,27 @@ def test_a_model_fitted_on_a_gpu_loads_on_the_cpu(table, tmp_path):
     np.testing.assert_allclose(loaded.transform(X), vae.transform(X), rtol=1e-4, atol=1e-5)
 
 
-def test_a_file_of_format_1_loads_with_the_same_results(tmp_path):
+@pytest.mark.parametrize("version", [1, 2])
+def test_files_of_older_formats_load_with_the_same_results(tmp_path, version):
     # format 1, before a model's math was a module of its own inside the LightningModule,
     # kept its weights without the "model." prefix (files written by that code were checked
-    # to load and transform identically)
+    # to load and transform identically); formats 1 and 2, before the default networks
+    # worked in the model's units, kept no unit: their networks read X as it is
     X = load_digits().data[:200] / 16
     vae = VAE(latent_dim=3, max_epochs=2, random_state=0).fit(X)
+    # a model of X's own units, as the older formats' models were
+    for name, buffer in vae.module_.named_buffers():
+        if name.endswith("data_unit"):
+            buffer.fill_(1.0)
     vae.save(tmp_path / "now.npz")
     with np.load(tmp_path / "now.npz") as archive:
         arrays = {k: archive[k] for k in archive.files}
     header = json.loads(str(arrays["__nidl_vae__"][()]))
-    assert header["format_version"] == 2
-    arrays["__nidl_vae__"] = np.array(json.dumps({**header, "format_version": 1}))
-    old = {k.replace("weight/model.", "weight/"): v for k, v in arrays.items()}
-    np.savez(tmp_path / "format1.npz", **old)
-    assert_array_equal(load(tmp_path / "format1.npz").transform(X), vae.transform(X))
+    assert header["format_version"] == 3
+    arrays["__nidl_vae__"] = np.array(json.dumps({**header, "format_version": version}))
+    old = {k: v for k, v in arrays.items() if not k.endswith("data_unit")}
+    assert len(old) == len(arrays) - 2  # the encoder's input's and the likelihood's
+    if version == 1:
+        old = {k.replace("weight/model.", "weight/"): v for k, v in old.items()}
+    np.savez(tmp_path / "old.npz", **old)
+    assert_array_equal(load(tmp_path / "old.npz").transform(X), vae.transform(X))

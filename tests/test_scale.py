@@ -133,7 +133,9 @@ def test_fit_memory_stays_near_a_batch_whatever_the_data_size():
     X = np.random.default_rng(0).normal(size=(4000, 25_000)).astype(np.float32)  # 400 MB
     params = dict(hidden_layer_sizes=(8,), latent_dim=2, max_epochs=1, random_state=0)
     VAE(**params).fit(X[:256])  # first-call costs (Lightning, allocator pools) paid here
-    rise = _peak_rise(lambda: VAE(**params).fit(X))
+    # the smaller of two fits: the allocator's retention adds up to 100 MB to one (measured
+    # rises 23-123 MB for the same fit), never less
+    rise = min(_peak_rise(lambda: VAE(**params).fit(X)) for _ in range(2))
     state = (25_000 * 8 * 2 + 25_000) * 4 * 4  # weights, gradients, two Adam moments
     assert rise < 0.3 * X.nbytes + state, f"{rise / 1e6:.0f} MB for {X.nbytes / 1e6:.0f} MB"
 
@@ -260,14 +262,19 @@ def test_default_mlp_decoders_start_at_the_data_mean(digits, Estimator):
     X = digits[0][:64] * 8 + 5  # far from zero, where a decoder's drawn bias starts
     params = dict(hidden_layer_sizes=(16,), lr=1e-12, max_epochs=1, random_state=0)
     if Estimator is CRMVAE:
-        model = CRMVAE(modalities=[40, 24], **params).fit(X)
-        decoders = model.module_.model.decoders
+        model = CRMVAE(modalities=[40, 24], **params).fit(X).module_.model
+        blocks = zip(model.decoders, model.likelihoods, [X[:, :40], X[:, 40:]], strict=True)
     else:
         extra = {"conditions": np.arange(64.0)} if Estimator is CVAE else {}
-        decoders = [Estimator(**params).fit(X, **extra).module_.model.decoder]
-    bias = torch.cat([d[-1].bias for d in decoders]).detach().numpy()
-    # the drawn bias (within 1/sqrt(16)) plus the mean
-    assert np.abs(bias - X.mean(0)).max() <= 16**-0.5
+        model = Estimator(**params).fit(X, **extra).module_.model
+        blocks = [(model.decoder, model.likelihood, X)]
+    # the decoders work in the model's units x / u: a bias drawn within 1/sqrt(16) of the
+    # mean is an output within u / 4 of it in X's units
+    for decoder, likelihood, block in blocks:
+        start = likelihood.mean(decoder[-1].bias).detach().numpy()
+        unit = float(likelihood.data_unit)
+        assert unit > 1  # X's units are not the decoder's
+        assert np.abs(start - block.mean(0)).max() <= unit * 16**-0.5
 
 
 def test_the_linear_path_starts_at_zero_and_the_mean():

@@ -79,7 +79,13 @@ def test_log_likelihood_equals_the_estimate_written_with_torch_distributions(dig
         mu, logvar = model.posterior({"x": x})
         posterior = dist.Normal(mu, torch.exp(0.5 * logvar))
         z = mu + torch.exp(0.5 * logvar) * eps[:, None, :]
-        log_px = dist.Normal(model.decoder(z), model.likelihood.scale()).log_prob(x).sum(-1)
+        # the networks work in the model's units (x - g) / u: in X's units the Normal's
+        # location is u * decoder(z) + g and its scale u * sigma
+        lik = model.likelihood
+        unit, offset = lik.data_unit, lik.data_offset
+        assert abs(unit - 1) > 0.5 and offset > 0.1  # X's own units differ from the model's
+        p_x = dist.Normal(unit * model.decoder(z) + offset, unit * lik.scale())
+        log_px = p_x.log_prob(x).sum(-1)
         log_w = log_px + dist.Normal(0.0, 1.0).log_prob(z).sum(-1) - posterior.log_prob(z).sum(-1)
         expected = torch.logsumexp(log_w.double(), 0) - np.log(K)
     assert_allclose(fitted.log_likelihood(X, n_importance=K), expected.numpy(), rtol=1e-5)
@@ -265,9 +271,9 @@ def test_wrong_width_and_unfitted_use(small_X):
 def test_nan_loss_stops_with_advice_and_keeps_the_fitted_model(small_X):
     vae = VAE(**FAST).fit(small_X)
     before = vae.transform(small_X), dict(vae.__dict__)
-    huge = np.full((20, 5), 1e30)  # finite, but its squared error overflows float32
-    with pytest.raises(FloatingPointError, match="Try scaling the input") as raised:
-        vae.fit(huge)
+    # steps of 1e30 overflow float32 weights in the first step
+    with pytest.raises(FloatingPointError, match="Try a smaller lr") as raised:
+        vae.set_params(lr=1e30).fit(small_X)
     assert "precision" not in str(raised.value)  # 32-true already: no advice that cannot help
     assert vae.__dict__.keys() == before[1].keys() and vae.module_ is before[1]["module_"]
     assert_array_equal(vae.transform(small_X), before[0])
