@@ -22,10 +22,14 @@ Prints every figure of the scale issue, each section on its own (``--only`` pick
   features; the sweeps of latent rows decoded at once and of K (time and memory rise).
 - ``disk``: fit and transform on a memory-mapped file of several GB, with the rise of
   anonymous memory (pages of the mapped file count in RSS, not in RssAnon).
+- ``units``: the MNI-based brains (6 mm, masked) and the 1,160-voxel cohort as float32 and
+  as int16 scanner units 1000 x + 100: the R^2 of age read from the default VAE's latents
+  (5-fold) for each of ``--seeds``, with PCA's, and the largest difference between the two.
 
 Every timing runs on one CPU thread (``torch.set_num_threads(1)``).
 
-    python benchmarks/bench_scale.py [--only defaults held-out width inference disk] [--repeats 3]
+    python benchmarks/bench_scale.py [--only defaults held-out width inference disk units]
+        [--repeats 3]
         [--seeds 0 1 2]
 """
 
@@ -427,12 +431,39 @@ def held_out(args):
         )
 
 
+def units(args):
+    print("== units: float data and the same as int16 scanner units 1000 x + 100 ==")
+
+    def r2(Z, target):
+        return cross_val_score(LinearRegression(), Z, target, cv=5).mean()
+
+    small, small_age, small_mask = make_cohort(300, (16, 16, 16))
+    mni, mni_age, mni_mask, _, _ = make_mni_cohort(300, 6.0)
+    cohorts = [
+        ("cohort 300 x 4,096 masked (1,160 voxels)", small[:, small_mask.ravel()], small_age),
+        ("MNI-based brains, 6 mm, masked (8,735 voxels)", mni[:, 0][:, mni_mask], mni_age),
+    ]
+    for name, X, age in cohorts:
+        raw = (X * 1000 + 100).astype(np.int16)
+        print(f"{name}: R^2 of age from 4 latents, PCA(4) {r2(PCA(4).fit_transform(X), age):.3f}")
+        gaps = []
+        for seed in args.seeds:
+            scores = [
+                r2(VAE(latent_dim=4, random_state=seed).fit_transform(data), age)
+                for data in (X, raw)
+            ]
+            gaps.append(abs(scores[1] - scores[0]))
+            print(f"  random_state={seed}: float {scores[0]:.3f}, int16 {scores[1]:.3f}")
+        print(f"  largest difference: {max(gaps):.3f}")
+
+
 SECTIONS = {
     "defaults": defaults,
     "held-out": held_out,
     "width": width,
     "inference": inference,
     "disk": disk,
+    "units": units,
 }
 
 

@@ -2,6 +2,7 @@
 fast mode: a few epochs) and draws, and the built pages need no network."""
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -85,3 +86,29 @@ def test_quickstart_says_what_it_learned_and_where_its_figures_are(built):
     assert f"figures saved in {folder}" in output
     for name in ("latent_map", "reconstructed_and_generated", "training_curve"):
         assert (folder / f"{name}.png").is_file()
+
+
+# the range of the quickstart's accuracy over random_state 0-4
+# (``python benchmarks/bench_quickstart.py``): README quotes seed 0
+QUICKSTART_SEED_RANGE = 0.089  # 0.658-0.747
+
+
+@pytest.mark.slow
+def test_the_quickstart_prints_what_readme_says(tmp_path):
+    # README's command at full length (100 epochs), as a newcomer runs it
+    quoted = re.search(r"\((\d\.\d{3}) vs (\d\.\d{3}) here\)", (ROOT / "README.rst").read_text())
+    env = {**os.environ, "MPLBACKEND": "Agg"}
+    env.pop("NIDL_VAE_FAST_EXAMPLES", None)
+    script = ROOT / "examples" / "plot_quickstart.py"
+    result = subprocess.run(
+        [sys.executable, str(script)], env=env, cwd=tmp_path, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    printed = {
+        name: float(value)
+        for name, value in re.findall(
+            r"digit accuracy from 2 (VAE|PCA) \w+: (\d\.\d+)", result.stdout
+        )
+    }
+    assert abs(printed["VAE"] - float(quoted[1])) <= QUICKSTART_SEED_RANGE, result.stdout
+    assert printed["PCA"] == pytest.approx(float(quoted[2]), abs=1e-3)
