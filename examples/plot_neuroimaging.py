@@ -93,7 +93,8 @@ for effect, title in [
         title=title,
         draw_cross=False,
         vmax=scale,
-        threshold=0.05 * scale,
+        threshold=0.1 * scale,
+        cbar_tick_format="%.2f",
         symmetric_cbar=True,
     )
 

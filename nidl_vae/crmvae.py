@@ -578,7 +578,7 @@ class CRMVAE(BaseVAEEstimator):
                 stop - start,
                 stats["units"][name],
                 model_units=self._decoders[name] is None,
-                offset=float(np.mean(stats["mean"][start:stop])),
+                offset=float(np.min(stats["mean"][start:stop])),
             )
             likelihoods.append(likelihood)
             networks.append(

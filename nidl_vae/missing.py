@@ -28,7 +28,7 @@ class FilledInput(nn.Module):
     """The encoder's input for rows that may hold NaN cells.
 
     With a ``unit`` (the default encoders), the input is read in the model's units,
-    :math:`(x - g) / u` with g the grand mean of the features' means, so that the encoder
+    :math:`(x - g) / u` with g the lowest of the features' means, so that the encoder
     reads X and :math:`a X + b` alike; without, as it is (a network given by the user). NaN
     cells take their feature's training mean; with ``with_mask``, the mask of missing cells
     (1 where missing) is appended along dimension 1: after the features of a row, or as extra
@@ -50,7 +50,7 @@ class FilledInput(nn.Module):
         super().__init__()
         self.scales = unit is not None
         # buffers, so that a saved model keeps its data's units
-        offset = mean.double().mean() if self.scales else 0.0
+        offset = mean.double().min() if self.scales else 0.0
         self.register_buffer("data_offset", torch.tensor(float(offset)))
         self.register_buffer("data_unit", torch.tensor(1.0 if unit is None else float(unit)))
         self.register_buffer("fill", (mean - self.data_offset) / self.data_unit)

@@ -211,7 +211,7 @@ def build_vae_model(estimator, rows: Rows, stats: dict, generator: torch.Generat
         X[0].numel(),
         stats["unit"],
         model_units=estimator.decoder is None,
-        offset=float(np.mean(stats["mean"])),
+        offset=float(np.min(stats["mean"])),
     )
     n_conditions = example["c"].shape[1] if "c" in example else 0
     networks = build_networks(
@@ -239,8 +239,9 @@ class VAE(BaseVAEEstimator):
     """Variational autoencoder, a scikit-learn transformer trained with Lightning.
 
     .. math::
-        \\mathcal{L}(x) = -\\mathbb{E}_{q(z|x)} \\log p(x|z) + \\beta\\, KL(q(z|x) \\| N(0, I)),
-        \\qquad q(z|x) = N(\\mu(x), \\mathrm{diag}\\, s^2(x))
+        \\mathcal{L}(x) = -\\mathbb{E}_{q(z|x)} \\log p(x|z) + \\beta\\, KL(q(z|x) \\| N(0, I))
+
+    .. math:: q(z|x) = N(\\mu(x), \\mathrm{diag}\\, s^2(x))
 
     ``transform`` returns the posterior mean :math:`\\mu(x)`; ``score`` the mean ELBO at
     :math:`\\beta = 1` (higher is better, comparable across ``beta`` and ``latent_dim``).
