@@ -440,7 +440,7 @@ class BaseVAEEstimator(
             Rows with NaN where a value is missing (images may be given as images).
         n_draws : int or None, default=1000
             Number K of posterior draws (on digits with 20% or 50% of the cells missing,
-            1,000 draws err 7-8% less than 100, and 5,000 another 3-4% less;
+            1,000 draws err 9% less than 100, and 5,000 another 2-3% less;
             ``benchmarks/bench_missing.py``). The cost is K decoder passes per row with a
             missing cell (complete rows are returned as they are): lower it for very wide
             rows. None decodes the posterior mean alone (cheaper, not the conditional mean).

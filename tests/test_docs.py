@@ -96,7 +96,7 @@ QUICKSTART_SEED_RANGE = 0.073  # 0.676-0.749
 @pytest.mark.slow
 def test_the_quickstart_prints_what_readme_says(tmp_path):
     # README's command at full length (100 epochs), as a newcomer runs it
-    quoted = re.search(r"\((\d\.\d{3}) vs (\d\.\d{3}) here\)", (ROOT / "README.rst").read_text())
+    quoted = re.search(r"\((\d\.\d{3}) vs (\d\.\d{3}) here", (ROOT / "README.rst").read_text())
     env = {**os.environ, "MPLBACKEND": "Agg"}
     env.pop("NIDL_VAE_FAST_EXAMPLES", None)
     script = ROOT / "examples" / "plot_quickstart.py"
