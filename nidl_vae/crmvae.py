@@ -578,7 +578,6 @@ class CRMVAE(BaseVAEEstimator):
                 stop - start,
                 stats["units"][name],
                 model_units=self._decoders[name] is None,
-                offset=float(np.min(stats["mean"][start:stop])),
             )
             likelihoods.append(likelihood)
             networks.append(

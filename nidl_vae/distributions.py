@@ -26,17 +26,18 @@ HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 LOG_2 = math.log(2.0)
 LEARNED_SCALE_START = 0.4
 LEARNED_SCALE_FLOOR = 0.1
-# The default networks read and write (X - g) / u, g the lowest of the features' means (the
-# background's level, in images) and u chosen so that X's features vary by about MODEL_SPREAD
-# (root-mean-square standard deviation) whatever X's units: their initialisation and Adam's
-# steps then act alike on X and a * X + b. Measured on a 1,160-voxel cohort (seeds 0-2, R^2 of
-# age from the latents minus PCA's, 5-fold / held-out subjects): 0.25 gives -0.015 to +0.002
-# / -0.005 to +0.012; X read as it was before (spread 0.06 there) +0.010 to +0.014 / -0.021 to
-# +0.004. Each feature centred instead: -0.043 to -0.031 / -0.168 to -0.112 at spread 1 and
-# -0.043 to -0.026 / -0.093 to -0.052 at 0.1. With g the features' grand mean, digits in
-# [0, 1] gave 0.879 accuracy from 10 latents where PCA gets 0.891 (``tests/test_quality.py``);
-# their lowest mean is 0, and the defaults keep their figures there (spread 0.27, the other
-# regime the defaults were measured on).
+# The default networks read and write X / u, u chosen so that X's features vary by about
+# MODEL_SPREAD (root-mean-square standard deviation) whatever X's units: their initialisation
+# and Adam's steps then act alike on X and a * X. Measured on a 1,160-voxel cohort (seeds 0-2,
+# R^2 of age from the latents minus PCA's, 5-fold / held-out subjects): 0.25 gives -0.000 to
+# +0.007 / 0.000 to +0.017, 0.1 +0.001 to +0.009 / -0.011 to +0.002; X read as it was before
+# (spread 0.06 there) +0.010 to +0.014 / -0.021 to +0.004. X is not centred: each feature
+# centred lost 0.03-0.04 / 0.05-0.17 (spread 1 and 0.1; the ReLUs of an encoder reading
+# centred voxels all split at zero), and subtracting one level from every feature (the grand
+# mean, or the lowest feature mean, which would make the model shift-invariant too) lost
+# digits' accuracy from 10 latents (0.879, PCA 0.891) or collapsed the decoder of MNI-based
+# brains (its decoded ageing map flat, ``tests/test_scale.py``). On digits in [0, 1] (spread
+# 0.27, the other regime the defaults were measured on) 0.25 keeps their figures.
 MODEL_SPREAD = 0.25
 # features per block of LinearNormalReadout's float64 sums
 _FEATURE_BLOCK = 8192
@@ -47,25 +48,25 @@ def normal_log_prob(
     loc: Tensor,
     scale: Tensor | float,
     missing: Tensor | None = None,
-    units: tuple[Tensor, Tensor] | None = None,
+    unit: Tensor | None = None,
 ) -> Tensor:
     """:math:`\\sum_j m_j \\log N(x_j; \\mu_j, \\sigma_j^2)
     = -\\sum_j m_j [\\frac12\\log 2\\pi + \\log\\sigma_j + (x_j-\\mu_j)^2 / 2\\sigma_j^2]`,
     over the observed cells (``missing`` is the mask of NaN cells of x, or None).
 
-    With ``units`` (u, g), the location is given in the model's units: :math:`\\mu_j = u\\,
-    \\mathrm{loc}_j + g` (``scale`` is in X's units)."""
+    With a ``unit`` u, the location is given in the model's units: :math:`\\mu_j = u\\,
+    \\mathrm{loc}_j` (``scale`` is in X's units)."""
     # the per-feature constants are summed once, not broadcast over the batch, and the squares
     # keep no full-size tensor for the backward pass: at 10^5 features every full-size
     # temporary costs as much memory as the batch itself
     scale = torch.as_tensor(scale, dtype=loc.dtype, device=loc.device)
     constant = _observed_sum(torch.log(scale) + HALF_LOG_2PI, missing, loc.shape[-1])
-    unit, offset = (None, None) if units is None else (t.to(loc.dtype) for t in units)
+    unit = None if unit is None else unit.to(loc.dtype)
     if torch.is_grad_enabled():
-        return -_HalfSquaredResidual.apply(x, loc, 1.0 / scale, missing, unit, offset) - constant
+        return -_HalfSquaredResidual.apply(x, loc, 1.0 / scale, missing, unit) - constant
     # inference: no backward pass, so no autograd Function (its call costs as much as the
     # arithmetic on digits' 64 features, thousands of times per log_likelihood)
-    return -_HalfSquaredResidual.value(x, loc, 1.0 / scale, missing, unit, offset) - constant
+    return -_HalfSquaredResidual.value(x, loc, 1.0 / scale, missing, unit) - constant
 
 
 def _observed_sum(per_feature: Tensor, missing: Tensor | None, n_features: int) -> Tensor:
@@ -79,8 +80,8 @@ def _observed_sum(per_feature: Tensor, missing: Tensor | None, n_features: int) 
 
 class _HalfSquaredResidual(torch.autograd.Function):
     """:math:`\\frac12 \\sum_j m_j ((x_j - \\mu_j) / \\sigma_j)^2` over the last dimension,
-    with :math:`\\mu = \\mathrm{loc}`, or :math:`u\\, \\mathrm{loc} + g` given a unit u and
-    an offset g (a location in the model's units).
+    with :math:`\\mu = \\mathrm{loc}`, or :math:`u\\, \\mathrm{loc}` given a unit u (a
+    location in the model's units).
 
     Saves its inputs, not the residual: the backward pass recomputes it, so one full-size
     temporary lives at a time instead of three kept from forward to backward. Missing cells
@@ -88,26 +89,26 @@ class _HalfSquaredResidual(torch.autograd.Function):
     """
 
     @staticmethod
-    def _residual(x, loc, inv_scale, missing, unit, offset) -> Tensor:
+    def _residual(x, loc, inv_scale, missing, unit) -> Tensor:
         # one full-size temporary: the location in the model's units is mapped to X's in place
-        r = torch.sub(x, loc) if unit is None else loc.mul(-unit).add_(x).sub_(offset)
+        r = torch.sub(x, loc) if unit is None else loc.mul(-unit).add_(x)
         r.mul_(inv_scale)
         return r if missing is None else r.masked_fill_(missing, 0.0)
 
     @staticmethod
-    def value(x, loc, inv_scale, missing, unit=None, offset=None) -> Tensor:
-        r = _HalfSquaredResidual._residual(x, loc, inv_scale, missing, unit, offset)
+    def value(x, loc, inv_scale, missing, unit=None) -> Tensor:
+        r = _HalfSquaredResidual._residual(x, loc, inv_scale, missing, unit)
         return 0.5 * torch.linalg.vecdot(r, r)
 
     @staticmethod
-    def forward(ctx, x, loc, inv_scale, missing, unit, offset) -> Tensor:
-        ctx.save_for_backward(x, loc, inv_scale, missing, unit, offset)
-        return _HalfSquaredResidual.value(x, loc, inv_scale, missing, unit, offset)
+    def forward(ctx, x, loc, inv_scale, missing, unit) -> Tensor:
+        ctx.save_for_backward(x, loc, inv_scale, missing, unit)
+        return _HalfSquaredResidual.value(x, loc, inv_scale, missing, unit)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        x, loc, inv_scale, missing, unit, offset = ctx.saved_tensors
-        r = _HalfSquaredResidual._residual(x, loc, inv_scale, missing, unit, offset)
+        x, loc, inv_scale, missing, unit = ctx.saved_tensors
+        r = _HalfSquaredResidual._residual(x, loc, inv_scale, missing, unit)
         # under mixed precision the incoming gradient may be half precision; autograd casts
         # the returned gradients to their inputs' types
         grad = grad.to(r.dtype)
@@ -124,7 +125,7 @@ class _HalfSquaredResidual(torch.autograd.Function):
         if ctx.needs_input_grad[1]:  # in place unless grad_x still holds r
             scaled = r.neg() if grad_x is not None else r.neg_()
             grad_loc = _sum_to(scaled if unit is None else scaled.mul_(unit), loc.shape)
-        return grad_x, grad_loc, grad_inv, None, None, None
+        return grad_x, grad_loc, grad_inv, None, None
 
 
 def _sum_to(t: Tensor, shape: torch.Size) -> Tensor:
@@ -139,14 +140,14 @@ def laplace_log_prob(
     loc: Tensor,
     scale: Tensor | float,
     missing: Tensor | None = None,
-    units: tuple[Tensor, Tensor] | None = None,
+    unit: Tensor | None = None,
 ) -> Tensor:
     """:math:`\\sum_j m_j \\log \\mathrm{Laplace}(x_j; \\mu_j, b_j)
     = -\\sum_j m_j [\\log 2b_j + |x_j-\\mu_j| / b_j]`, with :math:`\\mu` as in
     :func:`normal_log_prob`."""
     scale = torch.as_tensor(scale, dtype=loc.dtype, device=loc.device)
-    if units is not None:
-        loc = loc * units[0].to(loc.dtype) + units[1].to(loc.dtype)
+    if unit is not None:
+        loc = loc * unit.to(loc.dtype)
     deviation = (_zero_filled(x, missing) - loc).abs() / scale
     constant = _observed_sum(torch.log(scale) + LOG_2, missing, loc.shape[-1])
     return -_observed(deviation, missing).sum(-1) - constant
@@ -204,15 +205,14 @@ class DecoderLikelihood(nn.Module):
 
     With ``model_units`` (the default decoders), the Normal and Laplace families model X in
     the model's units: with u the training data's root-mean-square feature standard deviation
-    divided by ``MODEL_SPREAD`` and g the lowest of its features' means, the decoder
-    outputs the location of :math:`\\tilde x = (x - g) / u`, and the density of x in X's own
-    units carries the Jacobian of that map:
+    divided by ``MODEL_SPREAD``, the decoder outputs the location of :math:`\\tilde x = x / u`,
+    and the density of x in X's own units carries the Jacobian of that map:
 
-    .. math:: \\log p(x \\mid z) = \\log \\tilde p((x - g) / u \\mid z) - n_{obs} \\log u
+    .. math:: \\log p(x \\mid z) = \\log \\tilde p(x / u \\mid z) - n_{obs} \\log u
 
-    so that fitting X or :math:`a X + b` (a > 0) learns the same networks, and every density
-    and output is in X's units. Otherwise (a decoder given by the user, and the families read
-    from logits) the decoder outputs in X's units (u = 1, g = 0).
+    so that fitting X or :math:`a X` (a > 0) learns the same networks, and every density and
+    output is in X's units. Otherwise (a decoder given by the user, and the families read from
+    logits) the decoder outputs in X's units (u = 1).
 
     Parameters
     ----------
@@ -229,8 +229,6 @@ class DecoderLikelihood(nn.Module):
         The data's root-mean-square feature standard deviation.
     model_units : bool, default=False
         Whether the decoder works in the model's units.
-    offset : float, default=0.0
-        g, the lowest of the data's feature means.
     """
 
     def __init__(
@@ -240,7 +238,6 @@ class DecoderLikelihood(nn.Module):
         n_features: int,
         spread: float = 1.0,
         model_units: bool = False,
-        offset: float = 0.0,
     ):
         super().__init__()
         self.dist = dist
@@ -248,9 +245,8 @@ class DecoderLikelihood(nn.Module):
         self.learned = self.has_scale and scale == "learned"
         self.in_model_units = self.has_scale and model_units
         unit = spread / MODEL_SPREAD if self.in_model_units else 1.0
-        # buffers, so that a saved model keeps its data's units
+        # a buffer, so that a saved model keeps its data's unit
         self.register_buffer("data_unit", torch.tensor(float(unit)))
-        self.register_buffer("data_offset", torch.tensor(offset if self.in_model_units else 0.0))
         if self.learned:
             spread = spread / unit  # in the decoder's units
             # a buffer, so that a saved model keeps the floor its data set
@@ -268,16 +264,14 @@ class DecoderLikelihood(nn.Module):
             return F.softplus(self.raw_scale) + self.min_scale
         return None if self.fixed_scale is None else self.fixed_scale / self.data_unit
 
-    def units(self) -> tuple[Tensor, Tensor] | None:
-        """(u, g) when the decoder works in the model's units (its output o is the location
-        :math:`u o + g` in X's units); None when it works in X's."""
-        return (self.data_unit, self.data_offset) if self.in_model_units else None
+    def unit(self) -> Tensor | None:
+        """u when the decoder works in the model's units (its output o is the location
+        :math:`u o` in X's units); None when it works in X's."""
+        return self.data_unit if self.in_model_units else None
 
     def to_model(self, x: Tensor) -> Tensor:
         """Values of X in the decoder's units."""
-        if not self.in_model_units:
-            return x
-        return (x - self.data_offset.to(x.dtype)) / self.data_unit.to(x.dtype)
+        return x / self.data_unit.to(x.dtype) if self.in_model_units else x
 
     def log_prob(self, x: Tensor, out: Tensor) -> Tensor:
         """Log-density of the rows ``x`` (in X's units) given the decoder output, summed over
@@ -290,9 +284,9 @@ class DecoderLikelihood(nn.Module):
         missing = missing_cells(x)
         if self.has_scale:
             # the location and scale in X's units: the Jacobian of the model's units included
-            scale, units = self.scale() * self.data_unit, self.units()
+            scale, unit = self.scale() * self.data_unit, self.unit()
             family = normal_log_prob if self.dist == "normal" else laplace_log_prob
-            return lambda out: family(x, out, scale, missing, units)
+            return lambda out: family(x, out, scale, missing, unit)
         if self.dist == "bernoulli":
             return lambda out: bernoulli_log_prob(x, out, missing)
         return lambda out: categorical_log_prob(x, out, missing)
@@ -303,9 +297,7 @@ class DecoderLikelihood(nn.Module):
             return torch.sigmoid(out)
         if self.dist == "categorical":
             return torch.softmax(out, dim=-1)
-        if not self.in_model_units:
-            return out
-        return out * self.data_unit.to(out.dtype) + self.data_offset.to(out.dtype)
+        return out * self.data_unit.to(out.dtype) if self.in_model_units else out
 
 
 class LinearNormalReadout:
@@ -324,9 +316,9 @@ class LinearNormalReadout:
     decoder's last layer is 40 times cheaper. The log-likelihood's importance sampling
     (thousands of draws per row) is where it pays.
 
-    A decoder in the model's units (:meth:`DecoderLikelihood.units` gives u and g) has the
-    location :math:`u (W h + b) + g` and the scale :math:`u \\sigma` in X's units: the same
-    form with :math:`u W`, :math:`u b + g` and :math:`u \\sigma`.
+    A decoder in the model's units (:meth:`DecoderLikelihood.unit` gives u) has the location
+    :math:`u (W h + b)` and the scale :math:`u \\sigma` in X's units: the same form with
+    :math:`u W`, :math:`u b` and :math:`u \\sigma`.
 
     Parameters
     ----------
@@ -334,25 +326,20 @@ class LinearNormalReadout:
         The decoder's last layer (weight W of shape (p, H), bias b).
     scale : Tensor of shape (p,) or float
         The likelihood's standard deviations, in the layer's units.
-    units : (Tensor, Tensor), optional
-        (u, g) for a layer in the model's units.
+    unit : Tensor, optional
+        u for a layer in the model's units.
     """
 
-    def __init__(
-        self,
-        layer: nn.Linear,
-        scale: Tensor | float,
-        units: tuple[Tensor, Tensor] | None = None,
-    ):
+    def __init__(self, layer: nn.Linear, scale: Tensor | float, unit: Tensor | None = None):
         weight, bias = layer.weight, layer.bias
         p, width = weight.shape
         scale = torch.as_tensor(scale, dtype=weight.dtype, device=weight.device)
         # applied to W block by block: a scaled copy of a 10^5-feature layer costs its size
         self.unit = 1.0
-        if units is not None:
-            unit, offset = (t.to(weight.dtype) for t in units)
+        if unit is not None:
+            unit = unit.to(weight.dtype)
             self.unit, scale = unit.double(), scale * unit
-            bias = (0.0 if bias is None else bias * unit) + offset.expand(p)
+            bias = None if bias is None else bias * unit
         self.weight, self.bias = weight, bias
         self.inv_var = scale.reciprocal().square().expand(p)
         # in float64, a block of features at a time: the quadratic form is a difference of

@@ -28,11 +28,10 @@ class FilledInput(nn.Module):
     """The encoder's input for rows that may hold NaN cells.
 
     With a ``unit`` (the default encoders), the input is read in the model's units,
-    :math:`(x - g) / u` with g the lowest of the features' means, so that the encoder
-    reads X and :math:`a X + b` alike; without, as it is (a network given by the user). NaN
-    cells take their feature's training mean; with ``with_mask``, the mask of missing cells
-    (1 where missing) is appended along dimension 1: after the features of a row, or as extra
-    channels of an image.
+    :math:`x / u`, so that the encoder reads X and :math:`a X` alike; without, as it is (a
+    network given by the user). NaN cells take their feature's training mean; with
+    ``with_mask``, the mask of missing cells (1 where missing) is appended along dimension 1:
+    after the features of a row, or as extra channels of an image.
 
     Parameters
     ----------
@@ -49,16 +48,14 @@ class FilledInput(nn.Module):
     def __init__(self, mean: Tensor, with_mask: bool, unit: float | None = None):
         super().__init__()
         self.scales = unit is not None
-        # buffers, so that a saved model keeps its data's units
-        offset = mean.double().min() if self.scales else 0.0
-        self.register_buffer("data_offset", torch.tensor(float(offset)))
+        # a buffer, so that a saved model keeps its data's unit
         self.register_buffer("data_unit", torch.tensor(1.0 if unit is None else float(unit)))
-        self.register_buffer("fill", (mean - self.data_offset) / self.data_unit)
+        self.register_buffer("fill", mean / self.data_unit)
         self.with_mask = with_mask
 
     def forward(self, x: Tensor) -> Tensor:
         if self.scales:
-            x = torch.sub(x, self.data_offset.to(x.dtype)).div_(self.data_unit.to(x.dtype))
+            x = x / self.data_unit.to(x.dtype)
         missing = torch.isnan(x)
         if not self.with_mask and not missing.any():
             return x

@@ -29,9 +29,9 @@ FORMAT = "nidl_vae.model"
 FORMAT_VERSION = 3
 # the module's own buffers; everything else of its state is the model's (format 2 keeps the
 # model's weights under "model."; format 1, before the model was a module of its own, did not)
-# Format 3 adds the units the default networks read and write X in (see
-# nidl_vae.distributions.MODEL_SPREAD); older models read X as it is: a unit of 1, no offset.
-_UNITS_SINCE_3 = {"data_unit": torch.ones_like, "data_offset": torch.zeros_like}
+# Format 3 adds the unit the default networks read and write X in (see
+# nidl_vae.distributions.MODEL_SPREAD); older models read X as it is: a unit of 1.
+_UNIT_SINCE_3 = "data_unit"
 _MODULE_BUFFERS = ("history_train", "history_val", "epochs_done", "steps_done")
 _HEADER = "__nidl_vae__"
 
@@ -190,9 +190,8 @@ def load(path: str | os.PathLike, **networks: nn.Module):
     module = estimator._module_for_load(len(weights.get("history_train", [None])))
     if header["format_version"] < 3:
         for key, value in module.state_dict().items():
-            fill = _UNITS_SINCE_3.get(key.rpartition(".")[2])
-            if fill is not None:
-                weights.setdefault(key, fill(value))
+            if key.rpartition(".")[2] == _UNIT_SINCE_3:
+                weights.setdefault(key, torch.ones_like(value))
     _load_weights(module, weights)
     estimator.module_ = module.eval()
     return estimator

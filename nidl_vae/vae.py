@@ -134,7 +134,7 @@ class VAEModel(LatentModel):
         # in-place updates (an optimizer step) bump a tensor's version; moves make new tensors
         key = tuple((t.data_ptr(), t._version, t.dtype) for t in tensors)
         if self._readout_cache is None or self._readout_cache[0] != key:
-            self._readout_cache = (key, LinearNormalReadout(last, family.scale(), family.units()))
+            self._readout_cache = (key, LinearNormalReadout(last, family.scale(), family.unit()))
         return self._readout_cache[1]
 
     def draw_likelihood(self, batch: Batch) -> "VAEDrawLikelihood":
@@ -211,7 +211,6 @@ def build_vae_model(estimator, rows: Rows, stats: dict, generator: torch.Generat
         X[0].numel(),
         stats["unit"],
         model_units=estimator.decoder is None,
-        offset=float(np.min(stats["mean"])),
     )
     n_conditions = example["c"].shape[1] if "c" in example else 0
     networks = build_networks(

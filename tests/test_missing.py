@@ -72,11 +72,10 @@ def test_vae_trains_on_holes_and_its_elbo_is_of_the_observed_cells(holes):
         # the estimator's draws: its seed's 'score' stream
         eps = torch.from_numpy(standard_normal(vae._seed, "score", (n_draws, vae.latent_dim)))
         z = mu + torch.exp(0.5 * logvar) * eps[:, None]
-        # in X's units: the default decoder's location and scale times the model's unit u,
-        # the location plus its offset g
+        # in X's units: the default decoder's location and scale times the model's unit u
         lik = module.likelihood
         out = module.decoder(z.flatten(0, 1)).unflatten(0, z.shape[:2])
-        loc = (out * lik.data_unit + lik.data_offset).double().numpy()
+        loc = (out * lik.data_unit).double().numpy()
         scale = (lik.scale() * lik.data_unit).double().numpy()
     cells = -0.5 * np.log(2 * math.pi) - np.log(scale) - 0.5 * ((rows - loc) / scale) ** 2
     log_lik = np.where(np.isnan(rows), 0.0, cells).sum(-1).mean(0)

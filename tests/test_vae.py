@@ -79,12 +79,11 @@ def test_log_likelihood_equals_the_estimate_written_with_torch_distributions(dig
         mu, logvar = model.posterior({"x": x})
         posterior = dist.Normal(mu, torch.exp(0.5 * logvar))
         z = mu + torch.exp(0.5 * logvar) * eps[:, None, :]
-        # the networks work in the model's units (x - g) / u: in X's units the Normal's
-        # location is u * decoder(z) + g and its scale u * sigma
-        lik = model.likelihood
-        unit, offset = lik.data_unit, lik.data_offset
+        # the networks work in the model's units x / u: in X's units the Normal's location
+        # is u * decoder(z) and its scale u * sigma
+        unit, lik = model.likelihood.data_unit, model.likelihood
         assert abs(unit - 1) > 0.05  # X's own units differ from the model's
-        p_x = dist.Normal(unit * model.decoder(z) + offset, unit * lik.scale())
+        p_x = dist.Normal(unit * model.decoder(z), unit * lik.scale())
         log_px = p_x.log_prob(x).sum(-1)
         log_w = log_px + dist.Normal(0.0, 1.0).log_prob(z).sum(-1) - posterior.log_prob(z).sum(-1)
         expected = torch.logsumexp(log_w.double(), 0) - np.log(K)
