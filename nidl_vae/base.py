@@ -123,7 +123,7 @@ class BaseVAEEstimator(
         weights and buffers then come from the file)."""
         X = np.zeros((2, *self.input_shape_), dtype=np.float32)
         missing = getattr(self, "encoder_reads_mask_", False)
-        return Rows(X), {"mean": np.zeros(self.n_features_in_), "unit": 1.0, "missing": missing}
+        return Rows(X), {"mean": np.zeros(self.n_features_in_), "spread": 1.0, "missing": missing}
 
     def _restore_derived(self) -> None:
         """Recompute the ``_derived_at_load`` attributes after load set the parameters."""

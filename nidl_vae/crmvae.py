@@ -488,7 +488,7 @@ class CRMVAE(BaseVAEEstimator):
                     f"decoder_scale[{name!r}]={scale!r}; give a positive finite float or 'learned'."
                 )
         self.rescale_factors_ = self._resolve_rescale_factors()
-        units = {}
+        spreads = {}
         for m, (name, (start, stop)) in enumerate(self.modalities_.items()):
             if not observed[:, m].any():
                 raise ValueError(f"Modality {name!r} is missing in every row: nothing to learn.")
@@ -506,20 +506,20 @@ class CRMVAE(BaseVAEEstimator):
                 "values",
                 f" for modality {name!r}",
             )
-            units[name] = block.scale()
+            spreads[name] = block.scale()
         self._encoders = self._networks("encoders")
         self._decoders = self._networks("decoders")
         self.encoder_reads_mask_ = {
             name: bool(partial[m]) and self._encoders[name] is None
             for m, name in enumerate(self.modalities_)
         }
-        return rows, {"units": units, "observed": observed, "mean": stats.mean}
+        return rows, {"spreads": spreads, "observed": observed, "mean": stats.mean}
 
     def _placeholder_training(self) -> tuple[Rows, dict]:
         X = np.zeros((2, self.n_features_in_), dtype=np.float32)
         observed = np.ones((2, len(self.modalities_)), dtype=bool)
-        units = dict.fromkeys(self.modalities_, 1.0)
-        stats = {"units": units, "observed": observed, "mean": X[0]}
+        spreads = dict.fromkeys(self.modalities_, 1.0)
+        stats = {"spreads": spreads, "observed": observed, "mean": X[0]}
         return Rows(X, {"observed": observed}), stats
 
     def _restore_derived(self) -> None:
@@ -576,7 +576,7 @@ class CRMVAE(BaseVAEEstimator):
                 self._dists[name],
                 self._scales[name],
                 stop - start,
-                stats["units"][name],
+                stats["spreads"][name],
                 model_units=self._decoders[name] is None,
             )
             likelihoods.append(likelihood)
@@ -590,7 +590,7 @@ class CRMVAE(BaseVAEEstimator):
                     linear_path="auto",
                     likelihood=likelihood,
                     mean=mean.reshape(shape),
-                    spread=stats["units"][name],
+                    spread=stats["spreads"][name],
                     with_mask=self.encoder_reads_mask_[name],
                     generator=generator,
                     encoder=self._encoders[name],

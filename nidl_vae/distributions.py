@@ -39,6 +39,14 @@ LEARNED_SCALE_FLOOR = 0.1
 # brains (its decoded ageing map flat, ``tests/test_scale.py``). On digits in [0, 1] (spread
 # 0.27, the other regime the defaults were measured on) 0.25 keeps their figures.
 MODEL_SPREAD = 0.25
+
+
+def model_unit(spread: float) -> float:
+    """u, the model's unit in X's units, for data whose features' root-mean-square standard
+    deviation is ``spread``: X / u varies by ``MODEL_SPREAD``."""
+    return spread / MODEL_SPREAD
+
+
 # features per block of LinearNormalReadout's float64 sums
 _FEATURE_BLOCK = 8192
 
@@ -123,8 +131,8 @@ class _HalfSquaredResidual(torch.autograd.Function):
         grad_x = _sum_to(r, x.shape) if ctx.needs_input_grad[0] else None
         grad_loc = None
         if ctx.needs_input_grad[1]:  # in place unless grad_x still holds r
-            scaled = r.neg() if grad_x is not None else r.neg_()
-            grad_loc = _sum_to(scaled if unit is None else scaled.mul_(unit), loc.shape)
+            factor = -1.0 if unit is None else -unit
+            grad_loc = _sum_to(r.mul(factor) if grad_x is not None else r.mul_(factor), loc.shape)
         return grad_x, grad_loc, grad_inv, None, None
 
 
@@ -244,7 +252,7 @@ class DecoderLikelihood(nn.Module):
         self.has_scale = dist in ("normal", "laplace")
         self.learned = self.has_scale and scale == "learned"
         self.in_model_units = self.has_scale and model_units
-        unit = spread / MODEL_SPREAD if self.in_model_units else 1.0
+        unit = model_unit(spread) if self.in_model_units else 1.0
         # a buffer, so that a saved model keeps its data's unit
         self.register_buffer("data_unit", torch.tensor(float(unit)))
         if self.learned:

@@ -17,7 +17,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from .distributions import MODEL_SPREAD, DecoderLikelihood, output_for_mean
+from .distributions import DecoderLikelihood, model_unit, output_for_mean
 from .missing import FilledInput
 from .optim import FeatureLinear
 
@@ -362,8 +362,8 @@ def build_networks(
         for the mean, see :func:`mlp`) and what the encoder reads in a missing cell.
     spread : float
         The root-mean-square of the block's feature standard deviations: the default encoder
-        reads :math:`x / u` with :math:`u = \\mathrm{spread} / \\mathrm{MODEL\\_SPREAD}`
-        (:class:`~nidl_vae.missing.FilledInput`).
+        reads :math:`x / u` (:func:`~nidl_vae.distributions.model_unit`,
+        :class:`~nidl_vae.missing.FilledInput`).
     with_mask : bool
         Whether the default encoder reads the mask of missing cells beside the values (the
         training data had NaN cells); a user's encoder reads the filled values alone.
@@ -384,7 +384,7 @@ def build_networks(
     n_features = example[0].numel()
     mean = mean.reshape(example.shape[1:])
     default = encoder is None  # reads the model's units; a user's encoder reads X as it is
-    unit = spread / MODEL_SPREAD if default else None
+    unit = model_unit(spread) if default else None
     encoder_input = FilledInput(mean, with_mask and default, unit)
     seen = encoder_input(example)
     conditions = torch.zeros(len(example), n_conditions)

@@ -185,7 +185,7 @@ def train_draws(n_train_draws: int | str, missing: bool) -> int:
 
 
 def training_statistics(X, moments: Moments, decoder_dist: str) -> dict:
-    """What the VAE's (and CVAE's) model is built from: the data's unit and mean, and whether
+    """What the VAE's (and CVAE's) model is built from: the data's spread and mean, and whether
     it has missing cells. A ValueError for a feature missing in every row, or values the
     likelihood cannot take."""
     empty = np.flatnonzero(moments.count == 0)
@@ -196,7 +196,7 @@ def training_statistics(X, moments: Moments, decoder_dist: str) -> dict:
         )
     check_data_fits(moments.min.min(), moments.max.max(), decoder_dist)
     missing = bool((moments.count < n_rows(X)).any())
-    return {"unit": moments.scale(), "mean": moments.mean, "missing": missing}
+    return {"spread": moments.scale(), "mean": moments.mean, "missing": missing}
 
 
 def build_vae_model(estimator, rows: Rows, stats: dict, generator: torch.Generator, prior=None):
@@ -209,7 +209,7 @@ def build_vae_model(estimator, rows: Rows, stats: dict, generator: torch.Generat
         estimator.decoder_dist,
         estimator.decoder_scale,
         X[0].numel(),
-        stats["unit"],
+        stats["spread"],
         model_units=estimator.decoder is None,
     )
     n_conditions = example["c"].shape[1] if "c" in example else 0
@@ -222,7 +222,7 @@ def build_vae_model(estimator, rows: Rows, stats: dict, generator: torch.Generat
         linear_path=estimator.linear_path,
         likelihood=likelihood,
         mean=mean,
-        spread=stats["unit"],
+        spread=stats["spread"],
         with_mask=stats["missing"],
         generator=generator,
         encoder=estimator.encoder,

@@ -243,6 +243,13 @@ def test_normal_log_prob_gradients_match_autograd_of_the_formula(loc_shape, scal
         normal_log_prob(x, loc, scale, missing).detach(), (formula * observed).sum(-1).detach()
     )
     assert torch.autograd.gradcheck(lambda *a: normal_log_prob(*a, missing), (x, loc, scale))
+    # a location in the model's units: mu = u * loc
+    unit = torch.tensor(2.5, dtype=torch.float64)
+    in_units = -(
+        0.5 * math.log(2 * math.pi) + torch.log(scale) + 0.5 * ((x - unit * loc) / scale) ** 2
+    )
+    assert_allclose(normal_log_prob(x, loc, scale, None, unit).detach(), in_units.sum(-1).detach())
+    assert torch.autograd.gradcheck(lambda *a: normal_log_prob(*a, missing, unit), (x, loc, scale))
 
 
 @pytest.mark.parametrize("per_feature", [True, False])
