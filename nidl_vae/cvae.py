@@ -28,10 +28,12 @@ from sklearn.utils.validation import check_array, check_is_fitted
 from torch import nn
 
 from .base import BaseVAEEstimator, check_positive_int
+from .conditions import encode_table, fit_table, table_columns
 from .data import Rows, n_rows
 from .distributions import DECODER_DISTS
 from .docstrings import fill_shared_docs
 from .networks import GaussianEncoder, mlp, output_width
+from .normative import NormativeMixin
 from .vae import VAEModel, build_vae_model, train_draws, training_statistics
 
 _HOW_TO_ROUTE = (
@@ -65,7 +67,7 @@ def _is_continuous(c: np.ndarray) -> bool:
 
 
 @fill_shared_docs
-class CVAE(BaseVAEEstimator):
+class CVAE(NormativeMixin, BaseVAEEstimator):
     """Conditional variational autoencoder, a scikit-learn estimator trained with Lightning.
 
     .. math::
@@ -76,7 +78,10 @@ class CVAE(BaseVAEEstimator):
     1-D labels of any dtype (one-hot inside, ``classes_`` kept) or 2-D numeric covariates
     (standardised inside, so ages in years work as well as z-scores). 1-D floats that are
     not all integers (what ``sklearn.utils.multiclass.type_of_target`` calls 'continuous',
-    such as ages) are one covariate. ``fit`` and ``score``
+    such as ages) are one covariate. A pandas DataFrame (or NumPy structured array) may mix
+    both, as a normative model's age, sex and site: numeric columns are standardised,
+    categorical ones (strings, categories, booleans) one-hot encoded, and later calls match
+    the columns by name (:mod:`~nidl_vae.conditions`). ``fit`` and ``score``
     also take them as ``y`` when ``conditions`` is not given, a stand-alone shorthand:
     ``CVAE().fit(X, site)``. In a Pipeline, where ``y`` is the target, route them as
     metadata (see the user guide)::
@@ -137,7 +142,12 @@ class CVAE(BaseVAEEstimator):
     classes_ : ndarray
         The labels, when the conditions are 1-D.
     covariate_mean_, covariate_scale_ : ndarray
-        Standardisation of 2-D covariates.
+        Standardisation of 2-D covariates (of a table's numeric columns).
+    condition_names_ : ndarray of str
+        The columns of a table of conditions, when fitted on one.
+    condition_categories_ : dict
+        The categories of each categorical column of a table of conditions (an unseen one
+        later is a ValueError that names the column).
     n_train_draws_ : int
         The posterior draws per row training used (``n_train_draws``, resolved).
     <shared:attributes>
@@ -154,6 +164,8 @@ class CVAE(BaseVAEEstimator):
     >>> sevens.shape
     (3, 64)
     """
+
+    _takes_conditions = True
 
     _parameter_constraints: dict = {
         **BaseVAEEstimator._parameter_constraints,
@@ -237,6 +249,12 @@ class CVAE(BaseVAEEstimator):
                 check_is_fitted(self)
             raise ValueError(_HOW_TO_ROUTE.format(name=name, method=method))
         reset = method == "fit"
+        columns = table_columns(conditions)
+        if reset:
+            for name in ("condition_names_", "condition_categories_"):
+                self.__dict__.pop(name, None)
+        if columns is not None or (not reset and hasattr(self, "condition_names_")):
+            return self._encode_table(columns, conditions, n_rows, reset)
         c = np.asarray(conditions)
         if c.ndim not in (1, 2):
             raise ValueError(
@@ -277,6 +295,45 @@ class CVAE(BaseVAEEstimator):
             )
         return ((c - self.covariate_mean_) / self.covariate_scale_).astype(np.float32)
 
+    def _encode_table(self, columns, conditions, n_rows: int | None, reset: bool) -> np.ndarray:
+        """A table of conditions (numeric and categorical columns, see
+        :mod:`~nidl_vae.conditions`) to encoded rows; ``reset`` learns the encoding."""
+        if columns is None:  # fitted on a table, given an array
+            if self.condition_categories_:
+                raise ValueError(
+                    f"This {type(self).__name__} was fitted on a table of conditions with "
+                    f"categorical columns: give a DataFrame with the columns "
+                    f"{self.condition_names_.tolist()}."
+                )
+            c = check_array(conditions, dtype=np.float64, ensure_2d=False, input_name="conditions")
+            c = c[:, None] if c.ndim == 1 else c
+            if c.shape[1] != len(self.condition_names_):
+                raise ValueError(
+                    f"conditions have {c.shape[1]} covariates, but this {type(self).__name__} "
+                    f"was fitted with {self.condition_names_.tolist()}."
+                )
+            columns = dict(zip(self.condition_names_, c.T, strict=True))
+        lengths = {len(column) for column in columns.values()}
+        if not columns or lengths == {0}:
+            raise ValueError("conditions are empty: give one row of covariates per sample.")
+        if n_rows is not None and lengths != {n_rows}:
+            raise ValueError(
+                f"conditions have {lengths.pop()} rows but X has {n_rows}: give one per sample."
+            )
+        if reset:
+            fitted = fit_table(columns)
+            self._conditions_are_labels = False
+            self.condition_names_ = fitted["names"]
+            self.condition_categories_ = fitted["categories"]
+            self.covariate_mean_, self.covariate_scale_ = fitted["mean"], fitted["scale"]
+        return encode_table(
+            columns,
+            self.condition_names_,
+            self.condition_categories_,
+            self.covariate_mean_,
+            self.covariate_scale_,
+        )
+
     def _conditioned_rows(self, X, conditions, method: str) -> Rows:
         if conditions is None:
             self._encode_conditions(None, None, method)
@@ -296,7 +353,8 @@ class CVAE(BaseVAEEstimator):
             The conditions, when ``conditions`` is not given (stand-alone shorthand);
             otherwise ignored (in a Pipeline it is the downstream target).
         conditions : array-like of shape (n_samples,) or (n_samples, n_covariates)
-            Labels (any dtype) or numeric covariates: metadata that a Pipeline routes.
+            Labels (any dtype), numeric covariates, or a DataFrame of numeric and categorical
+            columns: metadata that a Pipeline routes.
 
         Returns
         -------
@@ -322,7 +380,11 @@ class CVAE(BaseVAEEstimator):
 
     def _placeholder_training(self) -> tuple[Rows, dict]:
         rows, stats = super()._placeholder_training()
-        width = len(self.classes_) if self._conditions_are_labels else len(self.covariate_mean_)
+        if self._conditions_are_labels:
+            width = len(self.classes_)
+        else:
+            categories = getattr(self, "condition_categories_", {})
+            width = len(self.covariate_mean_) + sum(map(len, categories.values()))
         return rows.with_aligned(c=np.zeros((len(rows), width), dtype=np.float32)), stats
 
     def _build_model(self, rows, stats, generator) -> VAEModel:

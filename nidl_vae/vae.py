@@ -28,6 +28,7 @@ from .distributions import DecoderLikelihood, LinearNormalReadout, check_data_fi
 from .latent_model import Batch, DrawLikelihood, Gaussian, LatentModel, Noise
 from .missing import missing_cells
 from .networks import GaussianEncoder, Networks, build_networks
+from .normative import NormativeMixin
 from .objectives import log_mean_exp, standard_normal_log_density
 
 
@@ -234,7 +235,7 @@ def build_vae_model(estimator, rows: Rows, stats: dict, generator: torch.Generat
 
 
 @fill_shared_docs
-class VAE(BaseVAEEstimator):
+class VAE(NormativeMixin, BaseVAEEstimator):
     """Variational autoencoder, a scikit-learn transformer trained with Lightning.
 
     .. math::
