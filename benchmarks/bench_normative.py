@@ -14,11 +14,16 @@ the 40 patients are scored. For each seed it prints:
 - the same subject scores for other tails of the statistic (``DEVIATION_TAIL``) and, as a
   baseline, the negative ELBO (``-score_samples``) standardised on the calibration subjects.
 
-Run: ``python benchmarks/bench_normative.py [--seeds 0 1 2]`` (about 1.5 minutes per seed on
-one thread).
+``--only new-site``: a fourth site (gain 1.3) is added to a CVAE fitted on three from 20 of its
+healthy subjects (``CVAE.adapt``), and its 80 other healthy subjects are scored, against a CVAE
+fitted again with those 20 subjects (and calibrated with them too).
+
+Run: ``python benchmarks/bench_normative.py [--seeds 0 1 2] [--only lesions|new-site]``
+(about 4 minutes per seed on one thread).
 """
 
 import argparse
+import time
 
 import numpy as np
 import torch
@@ -37,7 +42,7 @@ def evaluate(seed: int, tails=(0.005, 0.01, 0.02)) -> dict:
     train, reference, held_out = healthy[:200], healthy[200:250], healthy[250:]
     patients = np.flatnonzero(cohort.patient)
     cvae = CVAE(random_state=seed).fit(X[train], conditions=covariates.iloc[train])
-    cvae.calibrate(X[reference], conditions=covariates.iloc[reference])
+    cvae.calibrate(X[reference], conditions=covariates.iloc[reference], scale_by="site")
 
     def scored(rows):
         return X[rows], covariates.iloc[rows]
@@ -56,7 +61,7 @@ def evaluate(seed: int, tails=(0.005, 0.01, 0.02)) -> dict:
     default_tail = normative.DEVIATION_TAIL
     for tail in tails:
         normative.DEVIATION_TAIL = tail
-        cvae.calibrate(X[reference], conditions=covariates.iloc[reference])
+        cvae.calibrate(X[reference], conditions=covariates.iloc[reference], scale_by="site")
         s_healthy = cvae.deviation_scores(*scored(held_out))
         s_patients = cvae.deviation_scores(*scored(patients))
         name = "default" if tail == default_tail else f"tail {tail}"
@@ -78,16 +83,54 @@ def evaluate(seed: int, tails=(0.005, 0.01, 0.02)) -> dict:
     return result
 
 
+def new_site(seed: int) -> dict:
+    """A fourth site (gain 1.3, beyond the others) added from 20 of its healthy subjects by
+    ``adapt``, against a CVAE fitted again with them; its other healthy subjects scored."""
+    gains = {"A": 1.0, "B": 1.15, "C": 0.85, "D": 1.3}
+    cohort = make_lesion_cohort(n_healthy=400, n_patients=0, site_gains=gains, random_state=seed)
+    X, covariates = cohort.volumes[:, 0][:, cohort.mask], cohort.covariates
+    rng = np.random.default_rng(seed)
+    known = rng.permutation(np.flatnonzero(covariates["site"] != "D"))
+    new = rng.permutation(np.flatnonzero(covariates["site"] == "D"))
+    train, reference, adapted, held_out = known[:220], known[220:], new[:20], new[20:]
+
+    def calibration(model, name):
+        d = model.deviations(X[held_out], conditions=covariates.iloc[held_out])
+        s = model.deviation_scores(X[held_out], conditions=covariates.iloc[held_out])
+        return {
+            f"{name}: voxels |d| > 1.96": np.mean(np.abs(d) > 1.96),
+            f"{name}: voxel d SD": d.std(),
+            f"{name}: scores mean": s.mean(),
+            f"{name}: scores > 1.645": np.mean(s > 1.645),
+        }
+
+    cvae = CVAE(random_state=seed).fit(X[train], conditions=covariates.iloc[train])
+    cvae.calibrate(X[reference], conditions=covariates.iloc[reference], scale_by="site")
+    start = time.perf_counter()
+    cvae.adapt(X[adapted], conditions=covariates.iloc[adapted])
+    result = {"adapt seconds": time.perf_counter() - start, **calibration(cvae, "adapted")}
+    everyone = np.r_[train, adapted]
+    refit = CVAE(random_state=seed).fit(X[everyone], conditions=covariates.iloc[everyone])
+    calibrating = np.r_[reference, adapted]
+    refit.calibrate(X[calibrating], conditions=covariates.iloc[calibrating], scale_by="site")
+    return {**result, **calibration(refit, "refitted")}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--only", choices=["lesions", "new-site"])
     args = parser.parse_args()
     torch.set_num_threads(1)
-    results = [evaluate(seed) for seed in args.seeds]
-    print(f"seeds {args.seeds}; DEVIATION_TAIL = {normative.DEVIATION_TAIL}")
-    for key in results[0]:
-        values = ", ".join(f"{r[key]:.3f}" for r in results)
-        print(f"  {key:32s} {values}")
+    sections = {"lesions": evaluate, "new-site": new_site}
+    for name, section in sections.items():
+        if args.only not in (None, name):
+            continue
+        results = [section(seed) for seed in args.seeds]
+        print(f"== {name}: seeds {args.seeds}; DEVIATION_TAIL = {normative.DEVIATION_TAIL} ==")
+        for key in results[0]:
+            values = ", ".join(f"{r[key]:.3f}" for r in results)
+            print(f"  {key:34s} {values}")
 
 
 if __name__ == "__main__":

@@ -76,9 +76,14 @@ def encode_table(
     categories: dict[str, np.ndarray],
     mean: np.ndarray,
     scale: np.ndarray,
+    codes: dict[str, np.ndarray] | None = None,
 ) -> np.ndarray:
     """The encoded rows of a table of conditions (float32), columns matched by name; a
-    ValueError names a missing column, a column of another kind, or an unseen category."""
+    ValueError names a missing column, a column of another kind, or an unseen category.
+
+    ``codes`` holds, for a column with categories added after fit (``CVAE.adapt``), their
+    learned codes: one row per added category (the last of ``categories[name]``) over the
+    indicators of the categories seen in fit."""
     missing = [name for name in names if name not in columns]
     if missing:
         raise ValueError(
@@ -106,6 +111,11 @@ def encode_table(
                 f"{unseen[:5].tolist()}; known categories are {known.tolist()}. To add a site "
                 "(or another category), fit again with some of its subjects."
             )
-        encoded.append(column[:, None] == known[None, :])
+        indicators = (column[:, None] == known[None, :]).astype(np.float64)
+        added = None if codes is None else codes.get(name)
+        if added is not None:
+            n_fitted = len(known) - len(added)
+            indicators = indicators[:, :n_fitted] + indicators[:, n_fitted:] @ added
+        encoded.append(indicators)
     n_rows = len(next(iter(columns.values())))
     return np.concatenate(encoded, 1).astype(np.float32) if encoded else np.zeros((n_rows, 0))

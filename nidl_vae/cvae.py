@@ -32,8 +32,11 @@ from .conditions import encode_table, fit_table, table_columns
 from .data import Rows, n_rows
 from .distributions import DECODER_DISTS
 from .docstrings import fill_shared_docs
+from .module import VAELightningModule
 from .networks import GaussianEncoder, mlp, output_width
-from .normative import NormativeMixin
+from .normative import AddedCategoryCodes, NormativeMixin
+from .seeding import draw_seed
+from .training import fit_module
 from .vae import VAEModel, build_vae_model, train_draws, training_statistics
 
 _HOW_TO_ROUTE = (
@@ -251,7 +254,7 @@ class CVAE(NormativeMixin, BaseVAEEstimator):
         reset = method == "fit"
         columns = table_columns(conditions)
         if reset:
-            for name in ("condition_names_", "condition_categories_"):
+            for name in ("condition_names_", "condition_categories_", "condition_codes_"):
                 self.__dict__.pop(name, None)
         if columns is not None or (not reset and hasattr(self, "condition_names_")):
             return self._encode_table(columns, conditions, n_rows, reset)
@@ -332,7 +335,126 @@ class CVAE(NormativeMixin, BaseVAEEstimator):
             self.condition_categories_,
             self.covariate_mean_,
             self.covariate_scale_,
+            getattr(self, "condition_codes_", None),
         )
+
+    def adapt(self, X, conditions, *, max_epochs: int = 300, lr: float = 0.01) -> "CVAE":
+        """Add the categories of a categorical condition that fit did not see (a new
+        acquisition site) from a few of their subjects.
+
+        Each added category gets a code over the indicators of its column's fitted categories
+        (it starts at their average, a site between the known ones) that maximises the ELBO
+        of ``X`` given ``conditions``; every network weight stays as fitted, so the model of
+        the known categories, and its calibration, are unchanged. Later calls read the added
+        category like the others.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features) or (n_samples, \\*sample_shape)
+            Reference subjects with the added categories (e.g. 20 healthy subjects of the
+            new site).
+        conditions : DataFrame
+            Their conditions, with the columns the CVAE was fitted with.
+        max_epochs : int, default=300
+            Passes over X.
+        lr : float, default=0.01
+            Adam's learning rate for the codes.
+
+        Returns
+        -------
+        self : CVAE
+            With the added categories at the end of ``condition_categories_`` and their
+            codes in ``condition_codes_``.
+        """
+        check_is_fitted(self)
+        check_positive_int(max_epochs, "max_epochs")
+        columns = table_columns(conditions)
+        if columns is None or not getattr(self, "condition_categories_", None):
+            raise ValueError(
+                "adapt adds categories of a categorical condition: fit the CVAE with a "
+                "DataFrame of conditions (e.g. age, sex and site columns) and pass the new "
+                "subjects' conditions as a DataFrame with the same columns."
+            )
+        known = self.condition_categories_
+        added = {
+            name: np.unique(columns[name][~np.isin(columns[name], categories)])
+            for name, categories in known.items()
+            if name in columns
+        }
+        added = {name: new for name, new in added.items() if len(new)}
+        if not added:
+            raise ValueError(
+                "adapt found no category that the CVAE does not know; to fine-tune on known "
+                "categories, fit again with every subject."
+            )
+        with self._restored_on_failure():
+            fitted = self._fitted_categories()
+            codes = dict(getattr(self, "condition_codes_", {}))
+            categories = dict(known)
+            places, start, indicators, column = [], [], [], 0
+            for name in self.condition_names_:
+                if name not in fitted:
+                    column += 1
+                    continue
+                width = len(fitted[name])
+                for category in added.get(name, ()):
+                    places.append(np.arange(column, column + width))
+                    start.append(np.full(width, 1.0 / width))
+                    indicators.append(columns[name] == category)
+                column += width
+            for name, new in added.items():
+                zeros = np.zeros((len(new), len(fitted[name])))
+                codes[name] = np.vstack([codes[name], zeros]) if name in codes else zeros
+                categories[name] = np.concatenate([known[name], new])
+            self.condition_categories_, self.condition_codes_ = categories, codes
+            # the rows' encoding without the added categories, then their indicators
+            rows = self._conditioned_rows(X, conditions, "transform")
+            c = np.concatenate([rows.aligned["c"], np.stack(indicators, 1)], 1)
+            rows = rows.with_aligned(c=c.astype(np.float32))
+            model = self.module_.model
+            coded = AddedCategoryCodes(model, column, places, start)
+            seed = draw_seed(self.random_state)
+            model.requires_grad_(False)
+            try:
+                # the fitted model is in eval mode; its layers hold no dropout or batch norm
+                module = VAELightningModule(coded, lr, 0.0, max_epochs, seed=seed).train()
+                fit_module(
+                    module,
+                    rows,
+                    None,
+                    self._trainer_options(),
+                    batch_size=self._batch_size(len(rows)),
+                    max_epochs=max_epochs,
+                    seed=seed,
+                    early_stopping_patience=None,
+                )
+            finally:
+                model.requires_grad_(True)
+            trained = iter(coded.code_values())
+            for name in self.condition_names_:
+                for k in range(len(added.get(name, ()))):
+                    codes[name][len(known[name]) - len(fitted[name]) + k] = next(trained)
+            by = getattr(self, "deviation_scale_by_", None)
+            if by in added:
+                # the added categories' noise, from their subjects (a handful of codes were
+                # fitted to them: their residuals are almost those of new subjects)
+                residual, _ = self._residuals(X, conditions)
+                z = (residual - self.deviation_mean_) / self.deviation_scale_
+                groups = np.asarray(columns[by])
+                self.deviation_group_scales_ = {
+                    **self.deviation_group_scales_,
+                    **{g: float(np.sqrt(np.nanmean(z[groups == g] ** 2))) for g in added[by]},
+                }
+        return self
+
+    def _fitted_categories(self) -> dict:
+        """The categories of each categorical column the networks were fitted with (those
+        :meth:`adapt` added read codes over these)."""
+        codes = getattr(self, "condition_codes_", {})
+        return {
+            name: known[: len(known) - len(codes.get(name, ()))]
+            for name, known in getattr(self, "condition_categories_", {}).items()
+        }
 
     def _conditioned_rows(self, X, conditions, method: str) -> Rows:
         if conditions is None:
@@ -383,8 +505,7 @@ class CVAE(NormativeMixin, BaseVAEEstimator):
         if self._conditions_are_labels:
             width = len(self.classes_)
         else:
-            categories = getattr(self, "condition_categories_", {})
-            width = len(self.covariate_mean_) + sum(map(len, categories.values()))
+            width = len(self.covariate_mean_) + sum(map(len, self._fitted_categories().values()))
         return rows.with_aligned(c=np.zeros((len(rows), width), dtype=np.float32)), stats
 
     def _build_model(self, rows, stats, generator) -> VAEModel:

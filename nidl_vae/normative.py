@@ -18,7 +18,12 @@ reference subjects score about N(0, 1) and atypical ones higher.
 """
 
 import numpy as np
+import torch
 from sklearn.utils.validation import check_is_fitted
+from torch import nn
+
+from .conditions import table_columns
+from .latent_model import Batch, LatentModel
 
 # the fraction of features whose squared deviations a subject's score averages
 DEVIATION_TAIL = 0.01
@@ -28,7 +33,11 @@ _CALIBRATION = (
     "deviation_score_mean_",
     "deviation_score_scale_",
     "n_calibration_samples_",
+    "deviation_scale_by_",
+    "deviation_group_scales_",
 )
+# reference subjects per group that scale_by needs
+MIN_GROUP_SIZE = 5
 
 
 def tail_statistic(d: np.ndarray) -> np.ndarray:
@@ -80,7 +89,7 @@ class NormativeMixin:
         x = np.asarray(X, dtype=np.float64)
         return x.reshape(len(x), -1) - expected.reshape(len(x), -1), x.shape
 
-    def calibrate(self, X, conditions=None):
+    def calibrate(self, X, conditions=None, *, scale_by: str | None = None):
         """Measure, on reference subjects held out of fit, what the deviations are relative to.
 
         Parameters
@@ -89,13 +98,20 @@ class NormativeMixin:
             Reference (healthy) subjects not used in fit: at least 20.
         conditions : array-like or DataFrame, optional
             Their conditions (a CVAE's; a VAE takes none).
+        scale_by : str, optional
+            A categorical column of a CVAE's conditions (e.g. ``'site'``) whose categories
+            differ in noise: each category's deviations are divided by their root-mean-square
+            over its reference subjects (at least ``MIN_GROUP_SIZE`` of each), so that every
+            site's are about N(0, 1), not only the pooled ones.
 
         Returns
         -------
         self
             With ``deviation_mean_`` and ``deviation_scale_`` (each feature's residual mean
             and standard deviation), ``deviation_score_mean_`` and ``deviation_score_scale_``
-            (the subject statistic's) and ``n_calibration_samples_``.
+            (the subject statistic's), ``deviation_scale_by_`` and ``deviation_group_scales_``
+            (each category's factor, empty without ``scale_by``) and
+            ``n_calibration_samples_``.
         """
         check_is_fitted(self)
         residual, _ = self._residuals(X, conditions)
@@ -111,12 +127,50 @@ class NormativeMixin:
         floor = 1e-3 * np.sqrt(np.nanmean(scale**2)) if np.isfinite(scale).any() else 1.0
         floor = max(floor, 1e-12)
         scale = np.where(np.isfinite(scale) & (scale > floor), scale, floor)
-        statistic = tail_statistic(_left_out_deviations(residual, floor))
+        left_out = _left_out_deviations(residual, floor)
+        factors = {}
+        if scale_by is not None:
+            groups = self._groups(conditions, scale_by)
+            z = (residual - mean) / scale
+            for group in np.unique(groups):
+                rows = groups == group
+                if rows.sum() < MIN_GROUP_SIZE:
+                    raise ValueError(
+                        f"calibrate got {rows.sum()} reference subjects of {scale_by}="
+                        f"{group!r}; scale_by needs at least {MIN_GROUP_SIZE} of each."
+                    )
+                factors[group] = float(np.sqrt(np.nanmean(z[rows] ** 2)))
+            left_out = left_out / np.array([factors[g] for g in groups])[:, None]
+        statistic = tail_statistic(left_out)
+        self.deviation_scale_by_, self.deviation_group_scales_ = scale_by, factors
         self.deviation_mean_, self.deviation_scale_ = mean, scale
         self.deviation_score_mean_ = float(statistic.mean())
         self.deviation_score_scale_ = float(statistic.std(ddof=1))
         self.n_calibration_samples_ = len(residual)
         return self
+
+    def _groups(self, conditions, column: str) -> np.ndarray:
+        """The categories of ``column`` in each row of a table of conditions."""
+        categories = getattr(self, "condition_categories_", {})
+        if column not in categories:
+            raise ValueError(
+                f"scale_by={column!r} must name a categorical column of the conditions this "
+                f"{type(self).__name__} was fitted with; its categorical columns: "
+                f"{list(categories)}."
+            )
+        return np.asarray(table_columns(conditions)[column])
+
+    def _group_factors(self, conditions) -> np.ndarray:
+        """Each row's factor of its scale_by category (1 without scale_by)."""
+        column = self.deviation_scale_by_
+        groups = self._groups(conditions, column)
+        unknown = np.unique(groups[~np.isin(groups, list(self.deviation_group_scales_))])
+        if len(unknown):
+            raise ValueError(
+                f"No reference subject of {column}={unknown[0]!r} was calibrated: calibrate "
+                f"with some of its subjects, or adapt the model to it (CVAE.adapt)."
+            )
+        return np.array([self.deviation_group_scales_[g] for g in groups])
 
     def _check_calibrated(self) -> None:
         check_is_fitted(self)
@@ -145,7 +199,10 @@ class NormativeMixin:
         """
         self._check_calibrated()
         residual, shape = self._residuals(X, conditions)
-        return ((residual - self.deviation_mean_) / self.deviation_scale_).reshape(shape)
+        d = (residual - self.deviation_mean_) / self.deviation_scale_
+        if getattr(self, "deviation_scale_by_", None) is not None:
+            d /= self._group_factors(conditions)[:, None]
+        return d.reshape(shape)
 
     def deviation_scores(self, X, conditions=None) -> np.ndarray:
         """One z-score per subject: how atypical its deviations are.
@@ -167,3 +224,59 @@ class NormativeMixin:
         d = self.deviations(X, conditions)
         statistic = tail_statistic(d.reshape(len(d), -1))
         return (statistic - self.deviation_score_mean_) / self.deviation_score_scale_
+
+
+class AddedCategoryCodes(LatentModel):
+    """A fitted CVAE's model whose conditions give categories added after fit (a new site)
+    learned codes: :math:`c = c_0 + \\sum_k 1[\\mathrm{row\\ in\\ } k]\\, P_k v_k`, with
+    :math:`c_0` the row's encoding without them, :math:`v_k` category k's code over the
+    indicators of its column's fitted categories and :math:`P_k` their place in c. Training
+    moves the codes only; the model's weights stay as fitted.
+
+    Parameters
+    ----------
+    model : LatentModel
+        The fitted model (its parameters are frozen while this one trains).
+    width : int
+        Width of the fitted model's conditions.
+    places : list of ndarray
+        For each added category, the columns of c its code fills.
+    start : list of ndarray
+        Each code's first value.
+    """
+
+    def __init__(self, model: LatentModel, width: int, places: list, start: list):
+        super().__init__()
+        self.model, self.width = model, width
+        self.loss_names = model.loss_names
+        self.latent_dim = model.latent_dim
+        owner = np.concatenate([np.full(len(p), k) for k, p in enumerate(places)])
+        self.register_buffer("owner", torch.as_tensor(owner, dtype=torch.long))
+        self.register_buffer("place", torch.as_tensor(np.concatenate(places), dtype=torch.long))
+        self.codes = nn.Parameter(torch.as_tensor(np.concatenate(start), dtype=torch.float32))
+
+    def _coded(self, batch: Batch) -> Batch:
+        c = batch["c"]
+        added = c[:, self.width :][:, self.owner] * self.codes
+        return {**batch, "c": c[:, : self.width].index_add(1, self.place, added)}
+
+    def loss_terms(self, batch: Batch, noise) -> dict:
+        return self.model.loss_terms(self._coded(batch), noise)
+
+    def posterior(self, batch: Batch):
+        return self.model.posterior(self._coded(batch))
+
+    def prior_distribution(self, batch: Batch):
+        return self.model.prior_distribution(self._coded(batch))
+
+    def draw_likelihood(self, batch: Batch):
+        return self.model.draw_likelihood(self._coded(batch))
+
+    def decode(self, batch: Batch):
+        return self.model.decode(self._coded(batch))
+
+    def code_values(self) -> list[np.ndarray]:
+        """Each added category's code, trained."""
+        values = self.codes.detach().double().cpu().numpy()
+        owner = self.owner.cpu().numpy()
+        return [values[owner == k] for k in range(owner.max() + 1)]

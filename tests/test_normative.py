@@ -169,7 +169,7 @@ def test_lesions_are_found_and_patients_flagged():
     train, reference, held_out = healthy[:200], healthy[200:250], healthy[250:]
     patients = np.flatnonzero(cohort.patient)
     cvae = CVAE(random_state=0).fit(X[train], conditions=covariates.iloc[train])
-    cvae.calibrate(X[reference], conditions=covariates.iloc[reference])
+    cvae.calibrate(X[reference], conditions=covariates.iloc[reference], scale_by="site")
     d_healthy = cvae.deviations(X[held_out], conditions=covariates.iloc[held_out])
     assert 0.03 <= np.mean(np.abs(d_healthy) > 1.96) <= 0.07
     d_patients = cvae.deviations(X[patients], conditions=covariates.iloc[patients])
@@ -183,3 +183,74 @@ def test_lesions_are_found_and_patients_flagged():
     assert np.mean(s_patients > 1.645) >= 0.6
     assert np.mean(s_healthy > 1.645) <= 0.1
     assert abs(s_healthy.mean()) < 0.5
+
+
+def _two_sites(n, rng, sites=("A", "B"), shift=None, noise=None):
+    site = rng.choice(np.array(sites, dtype=object), n)
+    shift = shift or {"A": 0.0, "B": 3.0, "C": 6.0}
+    noise = noise or {"A": 1.0, "B": 1.0, "C": 1.0}
+    loadings = np.linspace(-1, 1, 12)
+    age = rng.uniform(20, 80, n)
+    X = np.outer((age - 50) / 30, loadings) + np.array([shift[s] for s in site])[:, None]
+    X += rng.normal(size=X.shape) * np.array([noise[s] for s in site])[:, None]
+    return X.astype(np.float32), pd.DataFrame({"age": age, "site": site})
+
+
+def test_scale_by_calibrates_each_site_to_its_own_noise():
+    rng = np.random.default_rng(0)
+    noise = {"A": 0.5, "B": 1.5}
+    X, covariates = _two_sites(400, rng, noise=noise)
+    cvae = CVAE(latent_dim=2, hidden_layer_sizes=(32,), max_epochs=20, random_state=0)
+    cvae.fit(X[:200], conditions=covariates[:200])
+    reference, held_out = slice(200, 300), slice(300, 400)
+    pooled = cvae.calibrate(X[reference], conditions=covariates[reference])
+    d = pooled.deviations(X[held_out], conditions=covariates[held_out])
+    site = covariates["site"][held_out].to_numpy()
+    # pooled over both sites, the quiet site's deviations are too small, the noisy one's too large
+    assert d[site == "A"].std() < 0.6 < 1.3 < d[site == "B"].std()
+    cvae.calibrate(X[reference], conditions=covariates[reference], scale_by="site")
+    factors = cvae.deviation_group_scales_
+    assert factors["B"] / factors["A"] == pytest.approx(3, rel=0.2)
+    d = cvae.deviations(X[held_out], conditions=covariates[held_out])
+    for name in ("A", "B"):
+        assert d[site == name].std() == pytest.approx(1, abs=0.15)
+    only_a = np.flatnonzero(covariates["site"][200:300] == "A") + 200
+    cvae.calibrate(X[only_a], conditions=covariates.iloc[only_a], scale_by="site")
+    with pytest.raises(ValueError, match="No reference subject of site='B' was calibrated"):
+        cvae.deviations(X[held_out], conditions=covariates[held_out])
+    with pytest.raises(ValueError, match="scale_by='age' must name a categorical column"):
+        cvae.calibrate(X[reference], conditions=covariates[reference], scale_by="age")
+    with pytest.raises(ValueError, match="at least 5 of each"):
+        cvae.calibrate(
+            X[200:224],
+            conditions=covariates[200:224].assign(site=["A"] * 21 + ["B"] * 3),
+            scale_by="site",
+        )
+
+
+def test_adapt_learns_a_new_site_and_leaves_the_model_as_fitted():
+    rng = np.random.default_rng(0)
+    X, covariates = _two_sites(300, rng)
+    X_new, new = _two_sites(60, rng, sites=("C",), noise={"C": 2.0})
+    cvae = CVAE(latent_dim=2, hidden_layer_sizes=(32,), max_epochs=30, random_state=0)
+    cvae.fit(X[:200], conditions=covariates[:200])
+    cvae.calibrate(X[200:], conditions=covariates[200:], scale_by="site")
+    with pytest.raises(ValueError, match="site' has categories not seen in fit"):
+        cvae.transform(X_new, conditions=new)
+    weights = {k: v.clone() for k, v in cvae.module_.state_dict().items()}
+    as_b = cvae.score_samples(X_new[20:], conditions=new[20:].assign(site="B"))
+    assert cvae.adapt(X_new[:20], conditions=new[:20], max_epochs=200) is cvae
+    for key, value in cvae.module_.state_dict().items():
+        assert_array_equal(value.numpy(), weights[key].numpy(), err_msg=key)
+    assert_array_equal(cvae.condition_categories_["site"], ["A", "B", "C"])
+    assert cvae.condition_codes_["site"].shape == (1, 2)
+    # C lies twice as far from A as B does: its held-out subjects are likelier as C than as B
+    assert cvae.score_samples(X_new[20:], conditions=new[20:]).mean() > as_b.mean() + 1
+    # the new site's noise, twice the others', is calibrated from its subjects
+    assert cvae.deviation_group_scales_["C"] / cvae.deviation_group_scales_["A"] == pytest.approx(
+        2, rel=0.25
+    )
+    assert cvae.deviations(X_new[20:], conditions=new[20:]).std() == pytest.approx(1, abs=0.2)
+    with pytest.raises(ValueError, match="no category that the CVAE does not know"):
+        cvae.adapt(X_new[:20], conditions=new[:20])
+    assert cvae.condition_codes_["site"].shape == (1, 2)
