@@ -26,6 +26,7 @@ def test_every_example_is_in_the_gallery():
         "plot_missing_values",
         "plot_volumes",
         "plot_sharing",
+        "plot_normative",
     }
 
 

@@ -228,7 +228,7 @@ def test_scale_by_calibrates_each_site_to_its_own_noise():
         )
 
 
-def test_adapt_learns_a_new_site_and_leaves_the_model_as_fitted():
+def test_adapt_learns_a_new_site_and_leaves_the_model_as_fitted(tmp_path):
     rng = np.random.default_rng(0)
     X, covariates = _two_sites(300, rng)
     X_new, new = _two_sites(60, rng, sites=("C",), noise={"C": 2.0})
@@ -254,3 +254,10 @@ def test_adapt_learns_a_new_site_and_leaves_the_model_as_fitted():
     with pytest.raises(ValueError, match="no category that the CVAE does not know"):
         cvae.adapt(X_new[:20], conditions=new[:20])
     assert cvae.condition_codes_["site"].shape == (1, 2)
+    # saved and loaded with its added site
+    cvae.save(tmp_path / "adapted.npz")
+    loaded = load(tmp_path / "adapted.npz")
+    assert_array_equal(
+        loaded.deviations(X_new[20:], conditions=new[20:]),
+        cvae.deviations(X_new[20:], conditions=new[20:]),
+    )
