@@ -282,3 +282,83 @@ def make_lesion_cohort(
         mask=mask,
         affine=affine,
     )
+
+
+def make_imaging_clinical_cohort(
+    n_subjects: int = 300,
+    n_scores: int = 12,
+    resolution: float = 6.0,
+    *,
+    missing: float = 0.3,
+    noise: float = 0.5,
+    random_state: int | None = 0,
+):
+    """Brain images and clinical scores of the same subjects, some missing the scores: a
+    multimodal benchmark built on :func:`make_mni_cohort` (needs nilearn).
+
+    Each score mixes a nonlinear function of age (decline that accelerates with age, as
+    cognitive scores do), a hidden severity factor s that the image does not show, and
+    noise:
+
+    .. math:: y_{k} = a_k\\, g(\\mathrm{age}) + b_k\\, s + \\sigma \\epsilon_k, \\qquad
+        g(\\mathrm{age}) = \\exp((\\mathrm{age} - 80) / 15) \\text{ standardised},
+        \\quad s \\sim N(0, 1)
+
+    with loadings :math:`a_k \\sim U(0.5, 1.5)` and :math:`b_k \\sim U(-1, 1)`. The best any
+    predictor can do from the image alone is the age part: its mean squared error is the
+    variance of :math:`b_k s + \\sigma \\epsilon_k`, returned as ``best_mse``.
+
+    Parameters
+    ----------
+    n_subjects : int, default=300
+    n_scores : int, default=12
+    resolution : float, default=6.0
+        Voxel size in mm (6 mm: 8,735 voxels in the mask).
+    missing : float, default=0.3
+        Fraction of subjects whose scores are all missing (NaN in ``X``).
+    noise : float, default=0.5
+        :math:`\\sigma`.
+    random_state : int or None, default=0
+
+    Returns
+    -------
+    cohort : sklearn.utils.Bunch
+        ``X`` (n_subjects, n_voxels + n_scores): the masked voxels, then the scores (NaN
+        where missing); ``scores`` without missing values; ``n_voxels``; ``age``;
+        ``severity``; ``missing`` (bool per subject); ``best_mse`` (per score); the scores'
+        distribution given the exact age, :math:`N(` ``age_part`` :math:`,`
+        ``covariance_given_age`` :math:`)`; ``mask`` and ``affine``.
+    """
+    from sklearn.utils import Bunch
+
+    volumes, age, mask, affine, _ = make_mni_cohort(
+        n_subjects, resolution, random_state=random_state
+    )
+    rng = np.random.default_rng(None if random_state is None else random_state + 104729)
+    decline = np.exp((age - 80) / 15)
+    decline = (decline - decline.mean()) / decline.std()
+    severity = rng.normal(size=n_subjects)
+    a = rng.uniform(0.5, 1.5, n_scores)
+    b = rng.uniform(-1, 1, n_scores)
+    scores = (
+        np.outer(decline, a)
+        + np.outer(severity, b)
+        + noise * rng.normal(size=(n_subjects, n_scores))
+    )
+    images = volumes[:, 0][:, mask]
+    without = rng.random(n_subjects) < missing
+    X = np.concatenate([images, scores.astype(images.dtype)], 1)
+    X[without, images.shape[1] :] = np.nan
+    return Bunch(
+        X=X,
+        scores=scores,
+        n_voxels=images.shape[1],
+        age=age,
+        severity=severity,
+        missing=without,
+        best_mse=b**2 + noise**2,
+        age_part=np.outer(decline, a),
+        covariance_given_age=np.outer(b, b) + noise**2 * np.eye(n_scores),
+        mask=mask,
+        affine=affine,
+    )

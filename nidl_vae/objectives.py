@@ -51,11 +51,14 @@ def gaussian_kl(
     """
     if mu_p is None:
         return 0.5 * (torch.exp(logvar_q) + mu_q**2 - 1.0 - logvar_q).sum(-1)
+    # the mean's term as a square of a scaled difference: exp(-logvar_p) overflows float32
+    # once logvar_p < -88 (a sharp expert on thousands of voxels reached -92), and then
+    # 0 * inf is NaN where the two means agree (a joint of one expert is that expert)
     return 0.5 * (
         logvar_p
         - logvar_q
         + torch.exp(logvar_q - logvar_p)
-        + (mu_q - mu_p) ** 2 * torch.exp(-logvar_p)
+        + ((mu_q - mu_p) * torch.exp(-0.5 * logvar_p)) ** 2
         - 1.0
     ).sum(-1)
 

@@ -43,6 +43,17 @@ def test_gaussian_kl_between_two_gaussians():
     assert gaussian_kl(t([[0.3]]), t([[0.2]]), t([[0.3]]), t([[0.2]])).item() == 0.0
 
 
+def test_gaussian_kl_to_a_sharp_expert_stays_finite():
+    # a joint of one expert is that expert: KL 0, and finite gradients, even where the
+    # expert's precision exp(-logvar) overflows float32 (logvar < -88)
+    mu = torch.tensor([[0.3, -1.2]], requires_grad=True)
+    logvar = torch.tensor([[-150.0, -20.0]], requires_grad=True)
+    kl = gaussian_kl(mu, logvar, mu, logvar)
+    kl.sum().backward()
+    assert kl.item() == 0.0
+    assert torch.isfinite(mu.grad).all() and torch.isfinite(logvar.grad).all()
+
+
 def test_gaussian_kl_prior_argument_matches_standard_form():
     mu, logvar = torch.randn(4, 3), torch.randn(4, 3)
     zeros = torch.zeros(4, 3)
