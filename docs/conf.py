@@ -5,7 +5,14 @@ inventories), so that it renders on a machine without network."""
 import sys
 from pathlib import Path
 
+import torch
+
 import nidl_vae
+
+# The gallery runs in this process. On two shared cores, torch's default of one thread per
+# core ran the examples several times slower than one thread (22 minutes for the build, where
+# one thread takes about 11): a thread waiting for a busy core stalls every operation.
+torch.set_num_threads(1)
 
 DOCS = Path(__file__).parent
 sys.path.insert(0, str(DOCS))
