@@ -202,9 +202,11 @@ class CRMVAE(BaseVAEEstimator):
     """Multimodal VAE that trains and predicts with missing modalities (Suzuki & Matsuo, 2023).
 
     .. math::
-        \\mathcal{L}(X) = \\pi \\sum_m \\delta_m r_m \\left[
-        -\\mathbb{E}_{q_J} \\log p(x_m|z) - \\mathbb{E}_{q_m} \\log p(x_m|z) \\right]
-        + \\beta \\pi \\left[ \\sum_m \\delta_m KL(q_J \\| q_m) + KL(q_J \\| N(0, I)) \\right]
+        \\begin{aligned}
+        \\mathcal{L}(X) = {} & \\pi \\sum_m \\delta_m r_m \\big[
+        -\\mathbb{E}_{q_J} \\log p(x_m|z) - \\mathbb{E}_{q_m} \\log p(x_m|z) \\big] \\\\
+        & + \\beta \\pi \\big[ \\sum_m \\delta_m KL(q_J \\| q_m) + KL(q_J \\| N(0, I)) \\big]
+        \\end{aligned}
 
     with :math:`q_J` the product of the observed modalities' experts :math:`q_m(z|x_m)`,
     :math:`\\delta_m = 1` when modality m is observed in the row and :math:`\\pi = 1/(M+1)`.
