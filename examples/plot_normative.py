@@ -36,7 +36,7 @@ EPOCHS = 3 if FAST else "auto"
 
 # %%
 # The cohort as NIfTI images, through a masker: one row of voxels per subject
-cohort = make_lesion_cohort(n_healthy=100 if FAST else 300, n_patients=40, random_state=0)
+cohort = make_lesion_cohort(n_healthy=150 if FAST else 300, n_patients=40, random_state=0)
 images = [nib.Nifti1Image(volume, cohort.affine) for volume in cohort.volumes[:, 0]]
 masker = NiftiMasker(
     mask_img=nib.Nifti1Image(cohort.mask.astype(np.uint8), cohort.affine), standardize=None
