@@ -7,12 +7,14 @@ the posterior mean. :meth:`NormativeMixin.calibrate` measures, on reference subj
 of fit, each feature's residual mean :math:`m_j` and standard deviation :math:`s_j`; the
 deviation of feature j is then the z-score
 
-.. math:: d_j = (x_j - \\hat x_j - m_j) / s_j,
+.. math:: d_j = (x_j - \\hat x_j - m_j) / (s_j f_g),
 
 about standard normal on reference subjects, negative where a subject lies below its
-expectation. A subject's score summarises its deviations by the mean of its k largest
-squared deviations (k = ``DEVIATION_TAIL`` of the features, at least one), which a focal
-abnormality of a few voxels moves where the mean over all features hardly does; its
+expectation; :math:`f_g` is 1, or with ``scale_by`` the root-mean-square deviation of the
+row's category (a site) over its reference subjects. A subject's score summarises its
+deviations by the mean of its k largest squared deviations (k = ``DEVIATION_TAIL`` of the
+features, at least one), which a focal abnormality of a few voxels moves where the mean over
+all features hardly does; its
 logarithm is standardised with the reference subjects' mean and standard deviation, so that
 reference subjects score about N(0, 1) and atypical ones higher.
 """
@@ -194,8 +196,9 @@ class NormativeMixin:
         Returns
         -------
         deviations : ndarray of X's shape
-            :math:`(x_j - \\hat x_j - m_j) / s_j`: about N(0, 1) on reference subjects,
-            negative below the expectation; NaN where X is.
+            :math:`(x_j - \\hat x_j - m_j) / (s_j f_g)`, :math:`f_g` the factor of the row's
+            ``scale_by`` category (1 without): about N(0, 1) on reference subjects, negative
+            below the expectation; NaN where X is.
         """
         self._check_calibrated()
         residual, shape = self._residuals(X, conditions)
