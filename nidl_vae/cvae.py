@@ -414,6 +414,7 @@ class CVAE(NormativeMixin, BaseVAEEstimator):
             model = self.module_.model
             coded = AddedCategoryCodes(model, column, places, start)
             seed = draw_seed(self.random_state)
+            trainable = [p.requires_grad for p in model.parameters()]
             model.requires_grad_(False)
             try:
                 # the fitted model is in eval mode; its layers hold no dropout or batch norm
@@ -429,7 +430,8 @@ class CVAE(NormativeMixin, BaseVAEEstimator):
                     early_stopping_patience=None,
                 )
             finally:
-                model.requires_grad_(True)
+                for parameter, flag in zip(model.parameters(), trainable, strict=True):
+                    parameter.requires_grad_(flag)
             trained = iter(coded.code_values())
             for name in self.condition_names_:
                 for k in range(len(added.get(name, ()))):

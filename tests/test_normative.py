@@ -242,6 +242,7 @@ def test_adapt_learns_a_new_site_and_leaves_the_model_as_fitted(tmp_path):
     assert cvae.adapt(X_new[:20], conditions=new[:20], max_epochs=200) is cvae
     for key, value in cvae.module_.state_dict().items():
         assert_array_equal(value.numpy(), weights[key].numpy(), err_msg=key)
+    assert all(p.requires_grad for p in cvae.module_.parameters())  # trainable again
     assert_array_equal(cvae.condition_categories_["site"], ["A", "B", "C"])
     assert cvae.condition_codes_["site"].shape == (1, 2)
     # C lies twice as far from A as B does: its held-out subjects are likelier as C than as B
