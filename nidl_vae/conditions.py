@@ -19,11 +19,18 @@ def table_columns(conditions) -> dict[str, np.ndarray] | None:
     """The columns of a DataFrame or structured array by name (as strings); None for other
     conditions (arrays of labels or covariates)."""
     if hasattr(conditions, "columns") and hasattr(conditions, "dtypes"):
-        return {str(name): np.asarray(conditions[name]) for name in conditions.columns}
+        return {str(name): _values(conditions[name]) for name in conditions.columns}
     names = getattr(getattr(conditions, "dtype", None), "names", None)
     if names:
         return {str(name): np.asarray(conditions[name]) for name in names}
     return None
+
+
+def _values(series) -> np.ndarray:
+    # pandas' nullable numbers (Int64, Float64) would come out as objects, read as categories
+    if getattr(series.dtype, "kind", "O") in _NUMERIC_KINDS:
+        return series.to_numpy(dtype=np.float64, na_value=np.nan)
+    return np.asarray(series)
 
 
 def _is_numeric(column: np.ndarray) -> bool:
