@@ -193,7 +193,7 @@ def main():
     def hand_loop():
         if args.model == "crmvae":  # the former loop is written for a VAE's rows
             return None
-        return hand_transform(estimator, X)
+        return hand_transform(estimator, X, **extra)
 
     t_ratios, fixed_costs, triples = [], [], []
     for _ in range(max(args.repeats, 20)):

@@ -13,9 +13,12 @@ from nidl_vae.data import pad_rows
 from nidl_vae.training import inference_batch_rows
 
 
-def hand_transform(estimator, X) -> np.ndarray:
-    """Posterior means of X's rows, without a Trainer."""
-    rows = estimator._inference_rows(X)
+def hand_transform(estimator, X, conditions=None) -> np.ndarray:
+    """Posterior means of X's rows (given a CVAE's conditions), without a Trainer."""
+    if conditions is None:
+        rows = estimator._inference_rows(X)
+    else:
+        rows = estimator._conditioned_rows(X, conditions, "transform")
     model = estimator.module_.model
     device = next(model.parameters()).device
     batch_rows = inference_batch_rows(estimator.n_features_in_)
