@@ -34,7 +34,7 @@ from .distributions import DECODER_DISTS
 from .docstrings import fill_shared_docs
 from .module import VAELightningModule
 from .networks import GaussianEncoder, mlp, output_width
-from .normative import AddedCategoryCodes, NormativeMixin
+from .normative import AddedCategoryCodes, NormativeMixin, group_scales
 from .seeding import draw_seed
 from .training import fit_module
 from .vae import VAEModel, build_vae_model, train_draws, training_statistics
@@ -440,13 +440,9 @@ class CVAE(NormativeMixin, BaseVAEEstimator):
             if by in added:
                 # the added categories' noise, from their subjects (a handful of codes were
                 # fitted to them: their residuals are almost those of new subjects)
-                residual, _ = self._residuals(X, conditions)
-                z = (residual - self.deviation_mean_) / self.deviation_scale_
-                groups = np.asarray(columns[by])
-                self.deviation_group_scales_ = {
-                    **self.deviation_group_scales_,
-                    **{g: float(np.sqrt(np.nanmean(z[groups == g] ** 2))) for g in added[by]},
-                }
+                d, _ = self._pooled_deviations(X, conditions)
+                new = group_scales(d, np.asarray(columns[by]), added[by])
+                self.deviation_group_scales_ = {**self.deviation_group_scales_, **new}
         return self
 
     def _fitted_categories(self) -> dict:

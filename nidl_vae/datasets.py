@@ -70,6 +70,12 @@ def make_cohort(
     return X, age, mask
 
 
+def _voxel_mm(shape: tuple[int, ...], affine: np.ndarray) -> np.ndarray:
+    """The MNI coordinates (mm) of every voxel of a volume, of shape (*shape, 3)."""
+    ijk = np.stack(np.meshgrid(*map(np.arange, shape), indexing="ij"), -1)
+    return ijk @ affine[:3, :3].T + affine[:3, 3]
+
+
 def _cropped(img, box) -> np.ndarray:
     """The affine of ``img`` cropped to the voxel slices ``box``."""
     affine = img.affine.copy()
@@ -152,8 +158,7 @@ def make_mni_cohort(
     brain = np.clip(template.get_fdata(), 0, None)
     brain = brain / brain.max()
     affine = template.affine
-    ijk = np.stack(np.meshgrid(*map(np.arange, brain.shape), indexing="ij"), -1)
-    mm = ijk @ affine[:3, :3].T + affine[:3, 3]
+    mm = _voxel_mm(brain.shape, affine)
 
     def blob(center, width):
         return _blob(mm, np.asarray(center, dtype=float), width)
@@ -256,8 +261,7 @@ def make_lesion_cohort(
         n, resolution, noise=noise, random_state=random_state
     )
     rng = np.random.default_rng(None if random_state is None else random_state + 7919)
-    ijk = np.stack(np.meshgrid(*map(np.arange, mask.shape), indexing="ij"), -1)
-    mm = ijk @ affine[:3, :3].T + affine[:3, 3]
+    mm = _voxel_mm(mask.shape, affine)
     sex = rng.choice(np.array(["F", "M"], dtype=object), n)
     site = rng.choice(np.array(list(gains), dtype=object), n)
     frontal = _blob(mm, np.array([0.0, 40.0, 10.0]), 20.0)

@@ -64,6 +64,11 @@ def _left_out_deviations(residual: np.ndarray, floor: float) -> np.ndarray:
     return (residual - others_mean) / np.maximum(others_scale, floor)
 
 
+def group_scales(d: np.ndarray, groups: np.ndarray, among) -> dict:
+    """Each group's factor: the root-mean-square of its rows' deviations ``d``."""
+    return {g: float(np.sqrt(np.nanmean(d[groups == g] ** 2))) for g in among}
+
+
 class NormativeMixin:
     """``calibrate``, ``deviations`` and ``deviation_scores`` for the VAE and the CVAE."""
 
@@ -133,15 +138,14 @@ class NormativeMixin:
         factors = {}
         if scale_by is not None:
             groups = self._groups(conditions, scale_by)
-            z = (residual - mean) / scale
-            for group in np.unique(groups):
-                rows = groups == group
-                if rows.sum() < MIN_GROUP_SIZE:
-                    raise ValueError(
-                        f"calibrate got {rows.sum()} reference subjects of {scale_by}="
-                        f"{group!r}; scale_by needs at least {MIN_GROUP_SIZE} of each."
-                    )
-                factors[group] = float(np.sqrt(np.nanmean(z[rows] ** 2)))
+            categories, counts = np.unique(groups, return_counts=True)
+            if counts.min() < MIN_GROUP_SIZE:
+                raise ValueError(
+                    f"calibrate got {counts.min()} reference subjects of {scale_by}="
+                    f"{categories[counts.argmin()]!r}; scale_by needs at least "
+                    f"{MIN_GROUP_SIZE} of each."
+                )
+            factors = group_scales((residual - mean) / scale, groups, categories)
             left_out = left_out / np.array([factors[g] for g in groups])[:, None]
         statistic = tail_statistic(left_out)
         self.deviation_scale_by_, self.deviation_group_scales_ = scale_by, factors
@@ -150,6 +154,11 @@ class NormativeMixin:
         self.deviation_score_scale_ = float(statistic.std(ddof=1))
         self.n_calibration_samples_ = len(residual)
         return self
+
+    def _pooled_deviations(self, X, conditions) -> tuple[np.ndarray, tuple]:
+        """The deviations before any scale_by factor, as rows of features, and X's shape."""
+        residual, shape = self._residuals(X, conditions)
+        return (residual - self.deviation_mean_) / self.deviation_scale_, shape
 
     def _groups(self, conditions, column: str) -> np.ndarray:
         """The categories of ``column`` in each row of a table of conditions."""
@@ -201,8 +210,7 @@ class NormativeMixin:
             below the expectation; NaN where X is.
         """
         self._check_calibrated()
-        residual, shape = self._residuals(X, conditions)
-        d = (residual - self.deviation_mean_) / self.deviation_scale_
+        d, shape = self._pooled_deviations(X, conditions)
         if getattr(self, "deviation_scale_by_", None) is not None:
             d /= self._group_factors(conditions)[:, None]
         return d.reshape(shape)
