@@ -28,19 +28,14 @@ LEARNED_SCALE_START = 0.4
 LEARNED_SCALE_FLOOR = 0.1
 # The default networks read and write X / u, u chosen so that X's features vary by about
 # MODEL_SPREAD (root-mean-square standard deviation) whatever X's units: their initialisation
-# and Adam's steps then act alike on X and a * X. Measured on a 1,160-voxel cohort (seeds 0-2,
-# R^2 of age from the latents minus PCA's, 5-fold / held-out subjects): 0.25 gives -0.000 to
-# +0.007 / 0.000 to +0.017, 0.1 +0.001 to +0.009 / -0.011 to +0.002; X read as it was before
-# (spread 0.06 there) +0.010 to +0.014 / -0.021 to +0.004. X is not centred: each feature
-# centred lost 0.03-0.04 / 0.05-0.17 (spread 1 and 0.1; the ReLUs of an encoder reading
-# centred voxels all split at zero), and subtracting one level from every feature (the grand
-# mean, or the lowest feature mean, which would make the model shift-invariant too) lost
-# digits' accuracy from 10 latents (0.879, PCA 0.891) or collapsed the decoder of MNI-based
-# brains (its decoded ageing map flat, ``tests/test_scale.py``). A fixed level instead (origin
-# the grand mean less 0.25, 1 or 3 units) read age from MNI-based brains at 0.925-0.929 R^2
-# (seed 0; 0.940 read as they are, PCA 0.932) and imputed digits' cells at 0.91x, 0.97x and
-# 1.11x KNNImputer's error (0.88x read as they are). On digits in [0, 1] (spread 0.27, the
-# other regime the defaults were measured on) 0.25 keeps their figures.
+# and Adam's steps then act alike on X and a * X. The encoders read each feature centred on
+# its training mean (``nidl_vae.missing.FilledInput``), which makes the fit shift-invariant too.
+# Earlier measurements of this choice (R^2 of age from the latents of uncentred encoders, on
+# in-sample latents) were made on collapsed models: uncentred, the VAE on 8,735 voxels of
+# MNI-based brains decoded the mean image for every subject (KL 3 nats) while a linear
+# regression still read age from its latents' tiny variations; on held-out subjects those
+# latents read age at R^2 0.35 (4 latents), centred at 0.90. On digits in [0, 1] (spread
+# 0.27, the other regime the defaults were measured on) 0.25 keeps their figures.
 MODEL_SPREAD = 0.25
 
 
