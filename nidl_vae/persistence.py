@@ -26,12 +26,14 @@ from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
 FORMAT = "nidl_vae.model"
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 # the module's own buffers; everything else of its state is the model's (format 2 keeps the
 # model's weights under "model."; format 1, before the model was a module of its own, did not)
 # Format 3 adds the unit the default networks read and write X in (see
 # nidl_vae.distributions.MODEL_SPREAD); older models read X as it is: a unit of 1.
+# Format 4 adds the origin the default encoders centre X on; older encoders read X uncentred.
 _UNIT_SINCE_3 = "data_unit"
+_ORIGIN_SINCE_4 = "origin"
 _MODULE_BUFFERS = ("history_train", "history_val", "epochs_done", "steps_done")
 _HEADER = "__nidl_vae__"
 
@@ -188,10 +190,12 @@ def load(path: str | os.PathLike, **networks: nn.Module):
     estimator._restore_derived()
     # the module keeps one row of history per epoch of its budget
     module = estimator._module_for_load(len(weights.get("history_train", [None])))
-    if header["format_version"] < 3:
-        for key, value in module.state_dict().items():
-            if key.rpartition(".")[2] == _UNIT_SINCE_3:
-                weights.setdefault(key, torch.ones_like(value))
+    for key, value in module.state_dict().items():
+        name = key.rpartition(".")[2]
+        if name == _UNIT_SINCE_3 and header["format_version"] < 3:
+            weights.setdefault(key, torch.ones_like(value))
+        if name == _ORIGIN_SINCE_4 and header["format_version"] < 4:
+            weights.setdefault(key, torch.zeros_like(value))
     _load_weights(module, weights)
     estimator.module_ = module.eval()
     return estimator

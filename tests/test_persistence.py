@@ -238,26 +238,31 @@ def test_a_model_fitted_on_a_gpu_loads_on_the_cpu(table, tmp_path):
     np.testing.assert_allclose(loaded.transform(X), vae.transform(X), rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("version", [1, 2, 3])
 def test_files_of_older_formats_load_with_the_same_results(tmp_path, version):
     # format 1, before a model's math was a module of its own inside the LightningModule,
     # kept its weights without the "model." prefix (files written by that code were checked
     # to load and transform identically); formats 1 and 2, before the default networks
-    # worked in the model's units, kept no unit: their networks read X as it is
+    # worked in the model's units, kept no unit: their networks read X as it is; formats 1
+    # to 3, before the default encoders centred X, kept no origin
     X = load_digits().data[:200] / 16
     vae = VAE(latent_dim=3, max_epochs=2, random_state=0).fit(X)
-    # a model of X's own units, as the older formats' models were
+    # a model as the older formats' were: uncentred, and before format 3 in X's own units
+    dropped = ("origin",) if version == 3 else ("origin", "data_unit")
     for name, buffer in vae.module_.named_buffers():
-        if name.endswith("data_unit"):
+        if name.endswith("origin"):
+            buffer.zero_()
+        if name.endswith("data_unit") and version < 3:
             buffer.fill_(1.0)
     vae.save(tmp_path / "now.npz")
     with np.load(tmp_path / "now.npz") as archive:
         arrays = {k: archive[k] for k in archive.files}
     header = json.loads(str(arrays["__nidl_vae__"][()]))
-    assert header["format_version"] == 3
+    assert header["format_version"] == 4
     arrays["__nidl_vae__"] = np.array(json.dumps({**header, "format_version": version}))
-    old = {k: v for k, v in arrays.items() if not k.endswith("data_unit")}
-    assert len(old) == len(arrays) - 2  # the encoder's input's and the likelihood's
+    old = {k: v for k, v in arrays.items() if not k.endswith(dropped)}
+    # the encoder's input's origin; the encoder's input's and the likelihood's unit
+    assert len(old) == len(arrays) - (1 if version == 3 else 3)
     if version == 1:
         old = {k.replace("weight/model.", "weight/"): v for k, v in old.items()}
     np.savez(tmp_path / "old.npz", **old)

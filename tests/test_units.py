@@ -1,5 +1,5 @@
-"""Scale-free training: X and a * X give the same model, outputs in X's units and densities
-with the Jacobian of the change of units."""
+"""Scale-free training: X and a * X + b give the same model, outputs in X's units and
+densities with the Jacobian of the change of units."""
 
 import math
 
@@ -15,6 +15,7 @@ from nidl_vae import CRMVAE, CVAE, VAE
 from nidl_vae.datasets import make_cohort
 
 A = 1600.0  # scanner-like units: intensities in the hundreds to thousands
+B = 100.0  # and an offset
 # in float64, the two fits stay the same up to rounding (float32's rounding, amplified by
 # Adam's normalised steps, moved latents by 0.005 in 20 steps)
 FAST = dict(
@@ -28,7 +29,7 @@ def rows():
 
 
 def _rescaled(X):
-    return (X * A).astype(np.int16)  # exact: the digits are multiples of 1/16
+    return (X * A + B).astype(np.int16)  # exact: the digits are multiples of 1/16
 
 
 def _close(a, b, scale=1.0):
@@ -48,7 +49,7 @@ def test_a_rescaled_X_learns_the_same_model(rows, Estimator):
     Z = plain.transform(rows[:20], **c)
     _close(scaled.transform(_rescaled(rows[:20]), **c), Z)
     # outputs in the user's units
-    _close(scaled.inverse_transform(Z, **c), A * plain.inverse_transform(Z, **c), scale=A)
+    _close(scaled.inverse_transform(Z, **c), A * plain.inverse_transform(Z, **c) + B, scale=A)
     assert scaled.inverse_transform(Z, **c).dtype == np.float64
     # densities in the user's units: log p(a x) = log p(x) - p log a
     for method in ("score_samples", "log_likelihood"):
@@ -60,11 +61,11 @@ def test_missing_cells_take_the_jacobian_of_their_observed_cells(rows):
     X = rows.copy()
     X[np.random.default_rng(0).random(X.shape) < 0.2] = np.nan
     plain = VAE(**FAST).fit(X)
-    scaled = VAE(**FAST).fit(X * A)
+    scaled = VAE(**FAST).fit(X * A + B)
     observed = (~np.isnan(X[:20])).sum(1)
     expected = plain.score_samples(X[:20]) - observed * math.log(A)
-    _close(scaled.score_samples(X[:20] * A), expected, scale=64)
-    _close(scaled.impute(X[:20] * A), A * plain.impute(X[:20]), scale=A)
+    _close(scaled.score_samples(X[:20] * A + B), expected, scale=64)
+    _close(scaled.impute(X[:20] * A + B), A * plain.impute(X[:20]) + B, scale=A)
 
 
 def test_crmvae_modalities_in_their_own_units(rows):
@@ -74,11 +75,11 @@ def test_crmvae_modalities_in_their_own_units(rows):
     params = dict(modalities={"scan": 32, "scores": 32}, **FAST)
     plain = CRMVAE(**params).fit(X)
     mixed = X.copy()
-    mixed[:, :32] = X[:, :32] * A
+    mixed[:, :32] = X[:, :32] * A + B
     scaled = CRMVAE(**params).fit(mixed)
     _close(scaled.transform(mixed[:60]), plain.transform(X[:60]))
     expected = plain.impute(X[:60])
-    expected[:, :32] = A * expected[:, :32]
+    expected[:, :32] = A * expected[:, :32] + B
     _close(scaled.impute(mixed[:60]), expected, scale=A)
     # the conditional density of the scores given the scan does not depend on the scan's units
     given = plain.conditional_log_likelihood(X[40:60], target="scores", n_importance=50)
@@ -91,12 +92,12 @@ def test_crmvae_modalities_in_their_own_units(rows):
 
 @pytest.mark.slow
 def test_latents_read_age_alike_from_scanner_units():
-    # 300 brains of 1,160 voxels as float and as int16 scanner units 1000 x: read as it was,
-    # the int16 cohort stopped with a NaN loss in epoch 0. The two fits differ by float32
-    # rounding only
+    # 300 brains of 1,160 voxels as float and as int16 scanner units 1000 x + 100: read as
+    # it was, the int16 cohort stopped with a NaN loss in epoch 0. The two fits differ by
+    # float32 rounding only
     X, age, mask = make_cohort(300, (16, 16, 16), random_state=0)
     X = X[:, mask.ravel()]
-    raw = (X * 1000).astype(np.int16)
+    raw = (X * 1000 + 100).astype(np.int16)
 
     def r2(data):
         Z = VAE(latent_dim=4, random_state=0).fit_transform(data)
