@@ -34,7 +34,7 @@ from sklearn.base import _fit_context
 from sklearn.utils._param_validation import StrOptions
 from torch import Tensor, nn
 
-from .base import BaseVAEEstimator, check_layer_sizes, check_positive_int
+from .base import WIDE_DATA_HIDDEN, BaseVAEEstimator, check_layer_sizes, check_positive_int
 from .data import Rows, check_finite, check_float32_range, iter_chunks, moments
 from .distributions import DECODER_DISTS, DecoderLikelihood, check_data_fits
 from .docstrings import fill_shared_docs
@@ -231,8 +231,11 @@ class CRMVAE(BaseVAEEstimator):
         give the expert's mean and log-variance); a decoder maps z to the modality's columns.
         Modules are copied at fit, never trained in place.
     latent_dim : int, default=16
-    hidden_layer_sizes : tuple of int, default=(512, 256)
-        Widths of the default encoders' hidden layers (decoders mirror them).
+    hidden_layer_sizes : tuple of int or 'auto', default='auto'
+        Widths of the default encoders' hidden layers (decoders mirror them). 'auto' is
+        (512, 256) per modality, and (64,) for a modality with more columns than there are
+        training rows, as the VAE's 'auto' (its documentation says why). The choice is
+        ``hidden_layer_sizes_``, a dict of modality name to widths.
     <shared:conv>
     beta : float, default=2.5
         Weight of the KL terms (the paper's and MultiVae's default).
@@ -297,12 +300,13 @@ class CRMVAE(BaseVAEEstimator):
 
     _accepts_images = False  # modalities are column blocks of rows
     _derived_at_load = ("_encoders", "_decoders")
+    _default_hidden = (512, 256)
     _parameter_constraints: dict = {
         **BaseVAEEstimator._parameter_constraints,
         "modalities": [dict, list, tuple, None],
         "encoders": [dict, None],
         "decoders": [dict, None],
-        "hidden_layer_sizes": [tuple, list],
+        "hidden_layer_sizes": [tuple, list, StrOptions({"auto"})],
         "conv_channels": [tuple, list],
         "decoder_dist": [StrOptions(set(DECODER_DISTS)), dict],
         "decoder_scale": [*BaseVAEEstimator._scale_constraint, dict],
@@ -318,7 +322,7 @@ class CRMVAE(BaseVAEEstimator):
         encoders: dict | None = None,
         decoders: dict | None = None,
         latent_dim: int = 16,
-        hidden_layer_sizes: tuple[int, ...] = (512, 256),
+        hidden_layer_sizes: tuple[int, ...] | str = "auto",
         conv_channels: tuple[int, ...] = (8, 16, 32, 64),
         beta: float = 2.5,
         decoder_dist: str | dict = "normal",
@@ -482,7 +486,6 @@ class CRMVAE(BaseVAEEstimator):
         return self._fit(X)
 
     def _training_rows(self, X, y) -> tuple[Rows, dict]:
-        check_layer_sizes(self.hidden_layer_sizes)
         rows, observed, partial, stats = self._rows(X, reset=True)
         self._dists = self._per_modality("decoder_dist", "normal")
         self._scales = self._per_modality("decoder_scale", "learned")
@@ -572,8 +575,17 @@ class CRMVAE(BaseVAEEstimator):
             )
         return {name: float(v) for name, v in factors.items()}
 
+    def _hidden_layer_sizes(self, n_train: int) -> dict[str, tuple[int, ...]]:
+        """Per modality, as the VAE chooses for its features (see ``WIDE_DATA_HIDDEN``)."""
+        if self.hidden_layer_sizes != "auto":
+            sizes = check_layer_sizes(self.hidden_layer_sizes)
+            return {name: sizes for name in self.modalities_}
+        return {
+            name: WIDE_DATA_HIDDEN if stop - start > n_train else self._default_hidden
+            for name, (start, stop) in self.modalities_.items()
+        }
+
     def _build_model(self, rows, stats, generator) -> CRMVAEModel:
-        hidden = check_layer_sizes(self.hidden_layer_sizes)
         observed = stats["observed"]
         networks, likelihoods = [], []
         for m, (name, (start, stop)) in enumerate(self.modalities_.items()):
@@ -594,7 +606,7 @@ class CRMVAE(BaseVAEEstimator):
                     example.reshape(len(example), *shape),
                     n_conditions=0,
                     latent_dim=self.latent_dim,
-                    hidden_layer_sizes=hidden,
+                    hidden_layer_sizes=tuple(self.hidden_layer_sizes_[name]),
                     conv_channels=check_layer_sizes(self.conv_channels, "conv_channels"),
                     linear_path="auto",
                     likelihood=likelihood,

@@ -121,8 +121,7 @@ class CVAE(NormativeMixin, BaseVAEEstimator):
         Width of the encoder's flattened output; None infers it from one forward pass.
     latent_dim : int, default=10
         Dimension of z.
-    hidden_layer_sizes : tuple of int, default=(256, 128)
-        Widths of the default encoder's hidden layers (the decoder mirrors them).
+    <shared:hidden>
     <shared:conv>
     <shared:linear_path>
     beta : float, default=1.0
@@ -191,7 +190,7 @@ class CVAE(NormativeMixin, BaseVAEEstimator):
         prior_network: str | nn.Module | None = None,
         encoder_out_dim: int | None = None,
         latent_dim: int = 10,
-        hidden_layer_sizes: tuple[int, ...] = (256, 128),
+        hidden_layer_sizes: tuple[int, ...] | str = "auto",
         conv_channels: tuple[int, ...] = (8, 16, 32, 64),
         linear_path: bool | str = "auto",
         beta: float = 1.0,
@@ -510,7 +509,7 @@ class CVAE(NormativeMixin, BaseVAEEstimator):
         n_cond = rows.aligned["c"].shape[1]
         prior = None
         if self.prior_network == "mlp":
-            width = tuple(self.hidden_layer_sizes)[-1:] or (n_cond,)
+            width = tuple(self.hidden_layer_sizes_)[-1:] or (n_cond,)
             prior = GaussianEncoder(
                 mlp(n_cond, width, generator=generator),
                 width[0],

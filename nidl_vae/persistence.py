@@ -187,6 +187,9 @@ def load(path: str | os.PathLike, **networks: nn.Module):
     estimator.set_params(**params)
     for name, value in header["fitted"].items():
         setattr(estimator, name, _decode(value, arrays, resolved))
+    if not hasattr(estimator, "hidden_layer_sizes_"):
+        # saved before hidden_layer_sizes='auto': the explicit sizes it was fitted with
+        estimator.hidden_layer_sizes_ = estimator._hidden_layer_sizes(n_train=0)
     estimator._restore_derived()
     # the module keeps one row of history per epoch of its budget
     module = estimator._module_for_load(len(weights.get("history_train", [None])))

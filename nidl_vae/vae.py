@@ -218,7 +218,7 @@ def build_vae_model(estimator, rows: Rows, stats: dict, generator: torch.Generat
         X,
         n_conditions=n_conditions,
         latent_dim=estimator.latent_dim,
-        hidden_layer_sizes=check_layer_sizes(estimator.hidden_layer_sizes),
+        hidden_layer_sizes=tuple(estimator.hidden_layer_sizes_),
         conv_channels=check_layer_sizes(estimator.conv_channels, "conv_channels"),
         linear_path=estimator.linear_path,
         likelihood=likelihood,
@@ -268,8 +268,7 @@ class VAE(NormativeMixin, BaseVAEEstimator):
         Width of the encoder's flattened output; None infers it from one forward pass.
     latent_dim : int, default=10
         Dimension of z.
-    hidden_layer_sizes : tuple of int, default=(256, 128)
-        Widths of the default encoder's hidden layers (the decoder mirrors them).
+    <shared:hidden>
     <shared:conv>
     <shared:linear_path>
     beta : float, default=1.0
@@ -328,7 +327,7 @@ class VAE(NormativeMixin, BaseVAEEstimator):
         decoder: nn.Module | None = None,
         encoder_out_dim: int | None = None,
         latent_dim: int = 10,
-        hidden_layer_sizes: tuple[int, ...] = (256, 128),
+        hidden_layer_sizes: tuple[int, ...] | str = "auto",
         conv_channels: tuple[int, ...] = (8, 16, 32, 64),
         linear_path: bool | str = "auto",
         beta: float = 1.0,

@@ -76,7 +76,8 @@ def test_the_convolutional_decoder_has_a_linear_path_started_at_zero(volumes):
         VAE(**SMALL, linear_path=False).fit(X).module_.model.decoder, WithLinearPath
     )
     rows = VAE(**SMALL).fit(X.reshape(len(X), -1))
-    assert rows.module_.model.decoder[-1].in_features == 256  # its last hidden layer, no path
+    assert rows.hidden_layer_sizes_ == (64,)  # 'auto' on more features than rows
+    assert rows.module_.model.decoder[-1].in_features == 64  # its last hidden layer, no path
 
 
 def test_images_get_convolutional_networks_and_keep_their_shape(digit_images):

@@ -378,3 +378,30 @@ def test_bernoulli_scores_decode_many_draws_per_row():
     # uniform noise has nothing to encode: the posterior stays near the prior and the two
     # estimates nearly coincide
     assert iw.mean() > elbo.mean() - 0.01
+
+
+def test_auto_hidden_widths_narrow_on_more_features_than_training_rows(tmp_path):
+    from nidl_vae import CRMVAE, load
+
+    rng = np.random.default_rng(0)
+    tall, wide = rng.normal(size=(100, 20)), rng.normal(size=(40, 60))
+    fast = dict(latent_dim=2, max_epochs=1, random_state=0)
+    assert VAE(**fast).fit(tall).hidden_layer_sizes_ == (256, 128)
+    narrow = VAE(**fast).fit(wide)
+    assert narrow.hidden_layer_sizes_ == (64,)
+    assert narrow.module_.model.decoder[-1].in_features == 64
+    # the encoder's first layer, and the decoder's last reading 64 hidden units
+    assert narrow.module_.model.encoder.backbone[0].out_features == 64
+    # explicit widths are kept; early stopping counts the training rows left
+    assert VAE(hidden_layer_sizes=(32, 16), **fast).fit(wide).hidden_layer_sizes_ == (32, 16)
+    held_out = VAE(early_stopping=True, validation_fraction=0.5, **fast).fit(wide[:, :30])
+    assert held_out.hidden_layer_sizes_ == (64,)  # 30 features, 20 training rows
+    assert VAE(**fast).fit(wide[:, :30]).hidden_layer_sizes_ == (256, 128)  # 40 rows
+    # the CRMVAE per modality: 60 voxel-like columns and 5 scores on 40 rows
+    both = np.concatenate([wide, rng.normal(size=(40, 5))], 1)
+    crm = CRMVAE(modalities={"image": 60, "scores": 5}, **fast).fit(both)
+    assert crm.hidden_layer_sizes_ == {"image": (64,), "scores": (512, 256)}
+    crm.save(tmp_path / "crm.npz")
+    assert load(tmp_path / "crm.npz").hidden_layer_sizes_ == crm.hidden_layer_sizes_
+    with pytest.raises(ValueError, match="hidden_layer_sizes"):
+        VAE(hidden_layer_sizes="wide").fit(tall)
