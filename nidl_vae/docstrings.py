@@ -109,6 +109,8 @@ SHARED_DOCS = {
         stopping.
     n_iter_ : int
         Epochs run.
+    hidden_layer_sizes_ : tuple of int, or dict of tuple per modality for a CRMVAE
+        The default MLPs' hidden widths the fit used (``hidden_layer_sizes`` resolved).
     encoder_reads_mask_ : bool, or dict of bool per modality for a CRMVAE
         Whether the default encoder (a CRMVAE's default expert) reads the mask of missing
         cells beside the values: the training data had NaN cells (in the rows that have the
