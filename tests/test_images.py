@@ -185,9 +185,11 @@ def test_convolutional_latents_recover_age_from_whole_volumes():
     conv = VAE(latent_dim=4, random_state=0).fit(X)
     mlp = VAE(latent_dim=4, random_state=0).fit(masked)
     assert pca > 0.9  # the planted effect is there to find
-    # measured (seed 0): convolutional 0.961, MLP on the masked voxels 0.938, PCA 0.932; over
-    # seeds 0-4 the convolutional VAE reads 0.928-0.961 (without its decoder's linear path
+    # measured (seed 0, before the encoders centred X and the MLP's widths were 'auto'):
+    # convolutional 0.961, MLP on the masked voxels 0.938, PCA 0.932; over seeds 0-4 the
+    # convolutional VAE reads 0.928-0.961 (without its decoder's linear path
     # 0.787-0.935), so seed 0 is not the worst case: seeds 3 and 4 read 0.928 and 0.929
     assert r2(conv.transform(X)) >= max(pca, r2(mlp.transform(masked)))
+    # 197k parameters against the MLP's 1.1M at hidden_layer_sizes='auto' (64,)
     n_conv, n_mlp = (sum(p.numel() for p in v.module_.parameters()) for v in (conv, mlp))
-    assert n_conv < n_mlp / 10
+    assert n_conv < n_mlp / 5
