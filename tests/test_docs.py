@@ -21,6 +21,7 @@ def test_every_example_is_in_the_gallery():
         "plot_model_selection",
         "plot_cvae",
         "plot_crmvae",
+        "plot_multimodal",
         "plot_neuroimaging",
         "plot_harmonisation",
         "plot_missing_values",
