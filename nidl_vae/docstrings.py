@@ -48,15 +48,13 @@ SHARED_DOCS = {
         column per condition). 'auto' gives it to the convolutional decoder of images and
         volumes and not to the MLP. Measured with 4 latents: on 300 brains built from the
         MNI152 template at 6 mm as volumes (``benchmarks/bench_volumes.py``), the
-        convolutional VAE's latents read age at R^2 0.928-0.961 with it (median 0.946)
-        and 0.787-0.935 without (median 0.905) over seeds 0-4 (PCA 0.932), and the decoded
-        change from 30 to 70 years correlates 0.989-0.990 with the planted one (without:
-        0.721-0.981): transposed convolutions draw shapes anywhere in the volume and spent the
-        latents on the subjects' smooth variation, while the path draws a fixed pattern per
-        latent, as the planted effect is. With the MLP (``bench_scale.py --only defaults``), on
-        the same brains masked (8,735 voxels) 0.940 with it and 0.938 without; on 500
-        synthetic volumes of 13,824 voxels (``make_cohort``, unmasked) 0.940 with it and
-        0.947 without (PCA 0.939).""",
+        convolutional VAE's latents read age at R^2 0.953-0.963 with it over seeds 0-4 (PCA
+        0.932) and its decoded change from 30 to 70 years correlates 0.983-0.988 with the
+        planted one; without it (measured before the encoders centred their input)
+        0.787-0.935 and 0.721-0.981: transposed convolutions draw shapes anywhere in the
+        volume and spent the latents on the subjects' smooth variation, while the path draws
+        a fixed pattern per latent, as the planted effect is. The training guide gives the
+        MLP's figures.""",
     "training": """stochastic_transform : bool, default=False
         If True, ``transform`` returns one draw from the posterior (seeded, the same at every
         call) instead of its mean.
