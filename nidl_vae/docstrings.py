@@ -50,11 +50,10 @@ SHARED_DOCS = {
         MNI152 template at 6 mm as volumes (``benchmarks/bench_volumes.py``), the
         convolutional VAE's latents read age at R^2 0.953-0.963 with it over seeds 0-4 (PCA
         0.932) and its decoded change from 30 to 70 years correlates 0.983-0.988 with the
-        planted one; without it (measured before the encoders centred their input)
-        0.787-0.935 and 0.721-0.981: transposed convolutions draw shapes anywhere in the
-        volume and spent the latents on the subjects' smooth variation, while the path draws
-        a fixed pattern per latent, as the planted effect is. The training guide gives the
-        MLP's figures.""",
+        planted one; without it 0.913-0.942 (median 0.928) and 0.962-0.988: transposed
+        convolutions draw shapes anywhere in the volume and spend latents on the subjects'
+        smooth variation, while the path draws a fixed pattern per latent, as the planted
+        effect is. The training guide gives the MLP's figures.""",
     "training": """stochastic_transform : bool, default=False
         If True, ``transform`` returns one draw from the posterior (seeded, the same at every
         call) instead of its mean.
