@@ -213,13 +213,17 @@ class BaseVAEEstimator(
             check_layer_sizes(self.hidden_layer_sizes)
         check_trainer_params(self._trainer_options(), type(self).__name__)
 
-    def _hidden_layer_sizes(self, n_train: int) -> tuple[int, ...]:
-        """The default MLPs' hidden widths: ``hidden_layer_sizes``, or for 'auto'
-        ``_default_hidden`` unless a sample has more features than there are training rows
-        (``WIDE_DATA_HIDDEN``)."""
+    def _hidden_for(self, n_features: int, n_train: int) -> tuple[int, ...]:
+        """The default MLP's hidden widths for samples of ``n_features``: ``hidden_layer_sizes``,
+        or for 'auto' ``_default_hidden`` unless a sample has more features than there are
+        training rows (``WIDE_DATA_HIDDEN``)."""
         if self.hidden_layer_sizes != "auto":
             return check_layer_sizes(self.hidden_layer_sizes)
-        return WIDE_DATA_HIDDEN if self.n_features_in_ > n_train else self._default_hidden
+        return WIDE_DATA_HIDDEN if n_features > n_train else self._default_hidden
+
+    def _hidden_layer_sizes(self, n_train: int) -> tuple[int, ...]:
+        """``hidden_layer_sizes_``: the widths the fit builds its networks with."""
+        return self._hidden_for(self.n_features_in_, n_train)
 
     def _batch_size(self, n: int) -> int:
         if self.batch_size == "auto":

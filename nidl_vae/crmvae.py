@@ -34,7 +34,7 @@ from sklearn.base import _fit_context
 from sklearn.utils._param_validation import StrOptions
 from torch import Tensor, nn
 
-from .base import WIDE_DATA_HIDDEN, BaseVAEEstimator, check_layer_sizes, check_positive_int
+from .base import BaseVAEEstimator, check_layer_sizes, check_positive_int
 from .data import Rows, check_finite, check_float32_range, iter_chunks, moments
 from .distributions import DECODER_DISTS, DecoderLikelihood, check_data_fits
 from .docstrings import fill_shared_docs
@@ -576,12 +576,9 @@ class CRMVAE(BaseVAEEstimator):
         return {name: float(v) for name, v in factors.items()}
 
     def _hidden_layer_sizes(self, n_train: int) -> dict[str, tuple[int, ...]]:
-        """Per modality, as the VAE chooses for its features (see ``WIDE_DATA_HIDDEN``)."""
-        if self.hidden_layer_sizes != "auto":
-            sizes = check_layer_sizes(self.hidden_layer_sizes)
-            return {name: sizes for name in self.modalities_}
+        """Per modality, as the VAE chooses for its features."""
         return {
-            name: WIDE_DATA_HIDDEN if stop - start > n_train else self._default_hidden
+            name: self._hidden_for(stop - start, n_train)
             for name, (start, stop) in self.modalities_.items()
         }
 
