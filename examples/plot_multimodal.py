@@ -73,7 +73,9 @@ ax.legend(loc="upper left")
 # The density of the scores given the image
 # -----------------------------------------
 # ``conditional_log_likelihood`` estimates :math:`\log p(x_{clinical} | x_{mri})` by
-# self-normalised importance sampling over the image's posterior. Two references: a Gaussian
+# self-normalised importance sampling, with draws from the image's posterior and from the
+# joint posterior of image and scores (the CRMVAE guide gives the estimator and the test
+# against a closed form). Two references: a Gaussian
 # fitted to the training scores alone (what the image adds is measured against it) and the
 # true density of the scores given the subject's exact age, which no model of the image can
 # beat on average.
@@ -116,16 +118,18 @@ ax.set_xticks(range(2), list(factors))
 ax.set_ylim(min(0, *np.ravel(list(r2.values()))), 1)
 ax.set_ylabel("held-out R^2")
 ax.set_title("What the latents read with a modality missing")
-ax.legend(loc="center")
+fig.legend(loc="outside lower center", ncols=3)
 
 # %%
-# Latents from both modalities read the severity no better than latents from the image
-# alone: in the product of experts that forms the joint posterior, the image's expert,
-# confident after 8,735 voxels, outweighs the scores' expert in every latent direction,
-# including the ones only the scores inform. The scores' decoder therefore learns little of
-# the severity, which is why the scores imputed from the image err above ``KNNImputer``'s
-# and their conditional density falls below a Gaussian of the scores alone (the CRMVAE
-# guide gives the figures over three seeds, ``benchmarks/bench_crmvae_clinical.py``). With
-# the image alone, the latents read age as well as with both: the scores cost nothing when
-# missing, and add nothing yet when present.
+# Latents from both modalities read the severity about as well as the scores' alone, and
+# from the image alone it cannot be read (a held-out image does not show it), while age is
+# read as well as with both: for age, the scores cost nothing when missing. The CRMVAE
+# weighs each modality's likelihood by the ratio of the widths (``rescale_factors_``: 1 for
+# the scores, 12 / 8,735 for the image), so that the image's expert, informed by thousands
+# of voxels, is confident only in the directions the image shows. Unweighted
+# (``uses_likelihood_rescaling=False``), it outweighed the scores' expert in every latent
+# direction: latents of both read the severity no better than the image's alone, the
+# scores were imputed with an error above ``KNNImputer``'s and their density fell below a
+# Gaussian of the scores alone (the CRMVAE guide gives both over three seeds,
+# ``benchmarks/bench_crmvae_clinical.py``).
 plt.show()

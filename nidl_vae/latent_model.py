@@ -107,6 +107,11 @@ class LatentModel(nn.Module, ABC):
     def draw_likelihood(self, batch: Batch) -> DrawLikelihood:
         """:math:`\\log p(x|z)` of the batch's rows, for many draws."""
 
+    def posterior_likelihood(self, batch: Batch) -> DrawLikelihood:
+        """The likelihood the posterior of the batch's rows is fitted to: :meth:`draw_likelihood`,
+        unless the training loss weighs some terms (a CRMVAE's rescale factors)."""
+        return self.draw_likelihood(batch)
+
     @abstractmethod
     def decode(self, batch: Batch) -> Tensor:
         """The mean of :math:`p(x|z)` for each latent row ``batch["z"]``, flattened."""

@@ -299,22 +299,32 @@ class VAELightningSteps:
 
     def _predict_conditional_log_likelihood(self, batch: Batch) -> Tensor:
         """:math:`\\log p(x_T | x_G) \\approx \\log \\sum_k w_k p(x_T|z_k) - \\log \\sum_k w_k`,
-        :math:`w_k = p(x_G|z_k) p(z_k) / q(z_k|x_G)`, :math:`z_k \\sim q(z|x_G)`: the given
-        modalities are ``batch["observed"]``, the target ones ``batch["target"]`` (a model
-        whose ``draw_likelihood`` reads its modalities from ``observed``)."""
-        posterior, prior = self.model.posterior(batch), self.model.prior_distribution(batch)
-        given = self.model.draw_likelihood(batch)
+        :math:`w_k = p(x_G|z_k) p(z_k) / m(z_k)`, with draws from each of the given
+        modalities' posterior :math:`q(z|x_G)` and the joint one :math:`q(z|x_T, x_G)`, and
+        :math:`m` their even mixture: the given modalities are ``batch["observed"]``, the
+        target ones ``batch["target"]`` (a model whose ``draw_likelihood`` reads its
+        modalities from ``observed``)."""
+        given_posterior = self.model.posterior(batch)
+        both = {**batch, "observed": torch.maximum(batch["observed"], batch["target"])}
+        proposals = (given_posterior, self.model.posterior(both))
+        prior = self.model.prior_distribution(batch)
+        given = self.model.posterior_likelihood(batch)
         target = self.model.draw_likelihood({**batch, "observed": batch["target"]})
         # running log-sum-exps of the two sums, in place (see _predict_log_likelihood)
-        numerator = posterior.mu.new_full((len(posterior.mu),), -math.inf, dtype=torch.float64)
+        numerator = proposals[0].mu.new_full(
+            (len(proposals[0].mu),), -math.inf, dtype=torch.float64
+        )
         denominator, part = torch.full_like(numerator, -math.inf), torch.empty_like(numerator)
-        for eps in self._shared_draws(posterior.mu):
-            z = _draws(posterior, eps)
-            log_w = (given.log_prob(z) + self._log_weights(posterior, prior, z, eps)).double()
-            torch.logsumexp(log_w, 0, out=part)
-            torch.logaddexp(denominator, part, out=denominator)
-            torch.logsumexp(log_w + target.log_prob(z).double(), 0, out=part)
-            torch.logaddexp(numerator, part, out=numerator)
+        for eps in self._shared_draws(given_posterior.mu):
+            for proposal in proposals:
+                z = _draws(proposal, eps)
+                log_m = torch.logaddexp(*(q.log_density(z) for q in proposals)) - math.log(2)
+                log_p = standard_normal_log_density(z) if prior is None else prior.log_density(z)
+                log_w = (given.log_prob(z) + log_p - log_m).double()
+                torch.logsumexp(log_w, 0, out=part)
+                torch.logaddexp(denominator, part, out=denominator)
+                torch.logsumexp(log_w + target.log_prob(z).double(), 0, out=part)
+                torch.logaddexp(numerator, part, out=numerator)
         return numerator - denominator
 
     def _predict_impute(self, batch: Batch) -> Tensor:

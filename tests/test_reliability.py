@@ -25,6 +25,9 @@ def X200(digits):
 
 
 # ---------------------------------------------------------------- 1. threads
+# scikit-learn's thread pool puts its copy of the warning filters back for each task, which can
+# let one of Lightning's known warnings through mid-run (nidl_vae.run_context says so)
+@pytest.mark.filterwarnings("ignore:.*LeafSpec", "ignore:.*have no `val_dataloader`")
 def test_fits_in_threads_match_serial_fits(X200):
     search = dict(param_grid={"beta": [0.5, 1], "latent_dim": [2, 4]}, cv=2)
     serial = GridSearchCV(VAE(**{**S, "max_epochs": 10}), n_jobs=1, **search).fit(X200)
