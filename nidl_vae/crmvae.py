@@ -162,7 +162,8 @@ class CRMVAEModel(LatentModel):
 
 
 class CRMVAEDrawLikelihood(DrawLikelihood):
-    """:math:`\\sum_m \\delta_m \\log p(x_m|z)`, the observed modalities' joint likelihood."""
+    """:math:`\\sum_m \\delta_m w_m \\log p(x_m|z)`: the observed modalities' joint
+    likelihood (weights :math:`w_m = 1`), or the tempered one (:math:`w_m = r_m`)."""
 
     def __init__(
         self, model: CRMVAEModel, x: Tensor, observed: Tensor, weights: Tensor | None = None

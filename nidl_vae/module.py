@@ -299,7 +299,8 @@ class VAELightningSteps:
 
     def _predict_conditional_log_likelihood(self, batch: Batch) -> Tensor:
         """:math:`\\log p(x_T | x_G) \\approx \\log \\sum_k w_k p(x_T|z_k) - \\log \\sum_k w_k`,
-        :math:`w_k = p(x_G|z_k) p(z_k) / m(z_k)`, with draws from each of the given
+        :math:`w_k = \\tilde p(x_G|z_k) p(z_k) / m(z_k)` (:math:`\\tilde p` the likelihood
+        the posterior is fitted to, ``posterior_likelihood``), with draws from each of the given
         modalities' posterior :math:`q(z|x_G)` and the joint one :math:`q(z|x_T, x_G)`, and
         :math:`m` their even mixture: the given modalities are ``batch["observed"]``, the
         target ones ``batch["target"]`` (a model whose ``draw_likelihood`` reads its
@@ -311,8 +312,8 @@ class VAELightningSteps:
         given = self.model.posterior_likelihood(batch)
         target = self.model.draw_likelihood({**batch, "observed": batch["target"]})
         # running log-sum-exps of the two sums, in place (see _predict_log_likelihood)
-        numerator = proposals[0].mu.new_full(
-            (len(proposals[0].mu),), -math.inf, dtype=torch.float64
+        numerator = given_posterior.mu.new_full(
+            (len(given_posterior.mu),), -math.inf, dtype=torch.float64
         )
         denominator, part = torch.full_like(numerator, -math.inf), torch.empty_like(numerator)
         for eps in self._shared_draws(given_posterior.mu):
