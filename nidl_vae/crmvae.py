@@ -141,14 +141,14 @@ class CRMVAEModel(LatentModel):
         """The joint posterior :math:`q_J` of the modalities marked observed in the batch."""
         return Gaussian(*product_of_experts(*self.experts(batch["x"]), batch["observed"].T.bool()))
 
+    def decode_modality(self, z: Tensor, m: int) -> Tensor:
+        """Modality m's decoded mean, flattened, for latents of shape (..., D)."""
+        out = self.decoders[m](z.flatten(0, -2)).flatten(1)
+        return self.likelihoods[m].mean(out).unflatten(0, z.shape[:-1])
+
     def decode(self, batch: Batch) -> Tensor:
         """Every modality's decoded mean, side by side, for each latent row."""
-        z = batch["z"]
-        means = [
-            likelihood.mean(decoder(z.flatten(0, -2)).flatten(1)).unflatten(0, z.shape[:-1])
-            for decoder, likelihood in zip(self.decoders, self.likelihoods, strict=True)
-        ]
-        return torch.cat(means, -1)
+        return torch.cat([self.decode_modality(batch["z"], m) for m in range(len(self.blocks))], -1)
 
     def draw_likelihood(self, batch: Batch) -> "CRMVAEDrawLikelihood":
         return CRMVAEDrawLikelihood(self, batch["x"], batch["observed"].T.bool())
@@ -181,8 +181,16 @@ class CRMVAEDrawLikelihood(DrawLikelihood):
         return torch.stack(terms).sum(0)
 
     def log_prob_and_means(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        # imputation weighs the CRMVAE's draws equally: the log-likelihood is not needed
-        return z.new_zeros(z.shape[:-1]), self.model.decode({"z": z})
+        # imputation weighs the CRMVAE's draws equally: the log-likelihood is not needed. A
+        # modality without a missing cell in the batch is not decoded (imputation keeps
+        # observed cells): scores imputed from brain volumes skip the volumes' decoder.
+        means = [
+            self.model.decode_modality(z, m)
+            if self.x[:, start:stop].isnan().any()
+            else z.new_zeros(*z.shape[:-1], stop - start)
+            for m, (start, stop) in enumerate(self.model.blocks)
+        ]
+        return z.new_zeros(z.shape[:-1]), torch.cat(means, -1)
 
 
 def _modality_shape(spec) -> tuple[int, ...] | None:
