@@ -230,6 +230,22 @@ def test_conditional_log_likelihood_matches_the_closed_form_of_probabilistic_pca
     assert np.isnan(crm.conditional_log_likelihood(given_only[:3], "t", "g", 5)).all()
 
 
+def test_imputation_decodes_only_the_modalities_with_missing_cells():
+    X = _two_blocks()
+    crm = CRMVAE(modalities=[3, 2], **FAST).fit(X)
+    calls = [0, 0]
+    for m, decoder in enumerate(crm.module_.model.decoders):
+        decoder.register_forward_hook(lambda *_, m=m: calls.__setitem__(m, calls[m] + 1))
+    holed = X[:10].copy()
+    holed[:, 3:] = np.nan
+    completed = crm.impute(holed)
+    assert calls[0] == 0 and calls[1] > 0  # the complete first modality is not decoded
+    holed[0, 0] = np.nan  # one missing cell: the first modality's decoder runs too
+    again = crm.impute(holed)
+    assert calls[0] > 0
+    assert_allclose(again[1:], completed[1:], rtol=1e-5)  # the other rows as before
+
+
 def test_likelihood_rescaling_factors():
     X = _two_blocks()
     rescaled = CRMVAE(modalities={"a": 3, "b": 2}, **FAST)  # 'auto': by the narrowest width
