@@ -68,7 +68,9 @@ class FilledInput(nn.Module):
         if missing.any():
             x = torch.where(missing, self.fill.to(x.dtype), x)
         if self.scales:
-            x = x - self.origin.to(x.dtype)
+            # in place: x is the division's own tensor here, and one batch-sized temporary
+            # less is 51 MB at 128 rows of 100,000 voxels
+            x = x.sub_(self.origin.to(x.dtype))
         if self.with_mask:
             return torch.cat([x, missing.to(x.dtype)], 1)
         return x
