@@ -113,10 +113,13 @@ class CRMVAEModel(LatentModel):
         logvar = EXPERT_LOGVAR_FLOOR + F.softplus(logvar - EXPERT_LOGVAR_FLOOR)
         return Gaussian(torch.stack([mu for mu, _ in params]), logvar)
 
+    def decoder_output(self, z: Tensor, m: int) -> Tensor:
+        """Modality m's decoder output, flattened, for latents of shape (..., D)."""
+        return self.decoders[m](z.flatten(0, -2)).reshape(*z.shape[:-1], -1)
+
     def modality_log_prob(self, x: Tensor, z: Tensor, m: int) -> Tensor:
         """:math:`\\log p(x_m|z)` for latents ``z`` of shape (..., B, D): shape (..., B)."""
-        out = self.decoders[m](z.reshape(-1, z.shape[-1])).reshape(*z.shape[:-1], -1)
-        return self.likelihoods[m].log_prob(self._block(x, m), out)
+        return self.likelihoods[m].log_prob(self._block(x, m), self.decoder_output(z, m))
 
     def loss_terms(self, batch: Batch, noise: Noise) -> dict[str, Tensor]:
         x, observed = batch["x"], batch["observed"].T.bool()  # (M, B)
@@ -143,8 +146,7 @@ class CRMVAEModel(LatentModel):
 
     def decode_modality(self, z: Tensor, m: int) -> Tensor:
         """Modality m's decoded mean, flattened, for latents of shape (..., D)."""
-        out = self.decoders[m](z.flatten(0, -2)).flatten(1)
-        return self.likelihoods[m].mean(out).unflatten(0, z.shape[:-1])
+        return self.likelihoods[m].mean(self.decoder_output(z, m))
 
     def decode(self, batch: Batch) -> Tensor:
         """Every modality's decoded mean, side by side, for each latent row."""
@@ -168,15 +170,25 @@ class CRMVAEDrawLikelihood(DrawLikelihood):
     def __init__(
         self, model: CRMVAEModel, x: Tensor, observed: Tensor, weights: Tensor | None = None
     ):
-        self.model, self.x, self.observed = model, x, observed
+        self.model, self.observed = model, observed
         self.weights = [1.0] * len(model.blocks) if weights is None else weights
+        blocks = [model._block(x, m) for m in range(len(model.blocks))]
+        # found once for every draw: each modality's density of the rows (their missing
+        # cells), and whether it has a cell to impute
+        self.densities = [
+            likelihood.log_prob_of(block)
+            for likelihood, block in zip(model.likelihoods, blocks, strict=True)
+        ]
+        self.has_missing = [bool(block.isnan().any()) for block in blocks]
 
     def log_prob(self, z: Tensor) -> Tensor:
         terms = [
             torch.where(
-                self.observed[m], self.weights[m] * self.model.modality_log_prob(self.x, z, m), 0.0
+                self.observed[m],
+                self.weights[m] * density(self.model.decoder_output(z, m)),
+                0.0,
             )
-            for m in range(len(self.model.blocks))
+            for m, density in enumerate(self.densities)
         ]
         return torch.stack(terms).sum(0)
 
@@ -186,7 +198,7 @@ class CRMVAEDrawLikelihood(DrawLikelihood):
         # observed cells): scores imputed from brain volumes skip the volumes' decoder.
         means = [
             self.model.decode_modality(z, m)
-            if self.x[:, start:stop].isnan().any()
+            if self.has_missing[m]
             else z.new_zeros(*z.shape[:-1], stop - start)
             for m, (start, stop) in enumerate(self.model.blocks)
         ]
